@@ -1,0 +1,48 @@
+# Only python3 is needed: every target creates .venv and installs the project when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install test lint format demo dev emulator bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/python -m kie_pipeline.demo
+
+# The emulator in the background, then the Dagster UI (http://127.0.0.1:3000) to backfill batches.
+dev: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/python -m kie_pipeline.emulator --port 8765 --latency 2,6 & \
+	  trap "kill $$!" EXIT; \
+	  KIE_BASE_URL=$${KIE_BASE_URL:-http://127.0.0.1:8765} KIE_API_KEY=$${KIE_API_KEY:-emulator-key} \
+	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+emulator: $(STAMP)
+	$(BIN)/python -m kie_pipeline.emulator --port 8765
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/client_overhead.py
+
+clean:
+	rm -rf $(VENV) .dagster_home data/store .pytest_cache .ruff_cache

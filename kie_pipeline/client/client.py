@@ -1,0 +1,275 @@
+"""The asyncio client of the Kie jobs API (createTask, recordInfo, credits, download-url, downloads).
+
+One :class:`AsyncKieClient` can have hundreds of tasks in flight: requests share one
+``httpx.AsyncClient``, createTask calls pass a sliding-window limiter (20 per 10 s by default) and
+polls another (10 per s), and every request retries retryable failures with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import httpx
+
+from .download import fetch as _fetch
+from .download import save as _save
+from .errors import (
+    KieError,
+    KieInsufficientCreditsError,
+    KieProtocolError,
+    KieRateLimitError,
+    KieTaskTimeoutError,
+)
+from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord
+from .ratelimit import SlidingWindowLimiter
+from .transport import retrying, transport_error, unwrap_response
+from .validation import validate_input
+
+DEFAULT_BASE_URL = "https://api.kie.ai"
+
+
+class _Secret:
+    """Holds the API key; its repr never shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+
+class AsyncKieClient:
+    """Async client of the Kie.ai jobs API.
+
+    Args:
+        api_key: the Bearer key (never logged, never in reprs or error messages).
+        base_url: ``https://api.kie.ai`` or the local emulator's URL.
+        create_limit / create_period: at most ``create_limit`` createTask calls in any window of
+            ``create_period`` seconds (Kie: 20 per 10 s per account).
+        poll_limit / poll_period: the same for recordInfo (Kie: 10 per second per key).
+        max_attempts: attempts per request for retryable errors (429, 5xx, timeouts, drops).
+        poll_initial / poll_max / poll_backoff: ``wait`` polls after ``poll_initial`` s, then backs
+            off by ``poll_backoff`` up to ``poll_max`` s (Kie advises 2-3 s first, then 15-30 s).
+        wait_timeout: ``wait`` gives up after this many seconds (Kie: 10-15 min).
+        max_download_bytes: downloads larger than this are refused.
+        create_limiter: a shared limiter (for several clients or processes on one account).
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        timeout: float = 30.0,
+        create_limit: int = 20,
+        create_period: float = 10.0,
+        poll_limit: int = 10,
+        poll_period: float = 1.0,
+        max_attempts: int = 8,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        poll_initial: float = 2.5,
+        poll_max: float = 30.0,
+        poll_backoff: float = 1.5,
+        wait_timeout: float = 900.0,
+        max_download_bytes: int = 50 * 1024 * 1024,
+        max_concurrent_downloads: int = 8,
+        create_limiter: Any | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not api_key:
+            raise KieError("No Kie API key given. Set KIE_API_KEY (or use the local emulator).")
+        self._key = _Secret(api_key)
+        self.base_url = base_url.rstrip("/")
+        self.usage = KieUsage()
+        self.poll_initial = poll_initial
+        self.poll_max = poll_max
+        self.poll_backoff = poll_backoff
+        self.wait_timeout = wait_timeout
+        self.max_download_bytes = max_download_bytes
+        self._attempts = max_attempts
+        self._backoff = (backoff_initial, backoff_max)
+        # A small margin on the create window: the server counts arrivals, we count departures.
+        self.create_limiter = create_limiter or SlidingWindowLimiter(create_limit, create_period, margin=0.25)
+        self.poll_limiter = SlidingWindowLimiter(poll_limit, poll_period, margin=0.05)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            limits=limits,
+            transport=transport,
+            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+        )
+        # Result files live on other hosts: a separate client that never sends the key there.
+        self._files = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=True)
+        self._download_slots = asyncio.Semaphore(max_concurrent_downloads)
+
+    def __repr__(self) -> str:
+        return f"AsyncKieClient(base_url={self.base_url!r}, api_key={self._key!r})"
+
+    async def __aenter__(self) -> AsyncKieClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pools."""
+        await self._http.aclose()
+        await self._files.aclose()
+
+    def _on_retry(self, exc: BaseException) -> None:
+        self.usage.retries += 1
+        if isinstance(exc, KieRateLimitError):
+            self.usage.rate_limited += 1
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        limiter: Any | None = None,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        async for attempt in retrying(
+            attempts=self._attempts,
+            initial=self._backoff[0],
+            maximum=self._backoff[1],
+            on_retry=self._on_retry,
+        ):
+            with attempt:
+                if limiter is not None:
+                    await limiter.acquire()
+                try:
+                    response = await self._http.request(method, path, json=json, params=params)
+                except httpx.HTTPError as exc:
+                    raise transport_error(exc, endpoint) from None
+                try:
+                    return unwrap_response(response, endpoint)
+                except KieRateLimitError as exc:
+                    if limiter is not None and exc.retry_after:
+                        limiter.pause(exc.retry_after)
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def create_task(
+        self,
+        model: str,
+        input: dict[str, Any],
+        *,
+        callback_url: str | None = None,
+        validate: bool = True,
+    ) -> str:
+        """``POST /api/v1/jobs/createTask``; returns the task id. Validates ``input`` first."""
+        if validate:
+            input = validate_input(model, input)
+        body: dict[str, Any] = {"model": model, "input": input}
+        if callback_url:
+            body["callBackUrl"] = callback_url
+        try:
+            data = await self._call(
+                "POST", "/api/v1/jobs/createTask", "createTask", limiter=self.create_limiter, json=body
+            )
+        except KieInsufficientCreditsError as exc:
+            self.usage.failures += 1
+            raise exc.with_balance(await self._balance()) from None
+        except KieError:
+            self.usage.failures += 1
+            raise
+        task_id = data.get("taskId") if isinstance(data, dict) else None
+        if not task_id:
+            raise KieProtocolError("Kie createTask answered without a taskId.")
+        self.usage.tasks_created += 1
+        return str(task_id)
+
+    async def _balance(self) -> float | None:
+        try:
+            return await asyncio.wait_for(self.get_credits(), timeout=10)
+        except (KieError, TimeoutError):
+            return None
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        """``GET /api/v1/jobs/recordInfo``: the task's current record, decoded."""
+        self.usage.polls += 1
+        data = await self._call(
+            "GET", "/api/v1/jobs/recordInfo", "recordInfo", limiter=self.poll_limiter, params={"taskId": task_id}
+        )
+        return TaskRecord.from_api(data)
+
+    async def wait(
+        self, task_id: str, *, timeout: float | None = None, first_delay: float | None = None
+    ) -> TaskRecord:
+        """Poll until the task is ``success`` or ``fail`` and return its final record.
+
+        Polls after ``first_delay`` (default ``poll_initial``), then backs off to ``poll_max``.
+        Raises :class:`KieTaskTimeoutError` after ``timeout`` (default ``wait_timeout``) seconds.
+        """
+        timeout = self.wait_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        delay = self.poll_initial if first_delay is None else first_delay
+        interval = self.poll_initial
+        last_state: str | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if delay > 0:
+                if remaining <= 0:
+                    raise KieTaskTimeoutError(task_id, timeout, last_state)
+                # Jitter spreads the polls of tasks created in the same instant.
+                await asyncio.sleep(min(delay * random.uniform(0.9, 1.1), remaining))
+            record = await self.get_task(task_id)
+            last_state = record.state.value
+            if record.is_terminal:
+                return record
+            if time.monotonic() >= deadline:
+                raise KieTaskTimeoutError(task_id, timeout, last_state)
+            delay = interval
+            interval = min(interval * self.poll_backoff, self.poll_max)
+
+    async def run(self, model: str, input: dict[str, Any], *, timeout: float | None = None) -> TaskRecord:
+        """Create a task and wait for its final record."""
+        task_id = await self.create_task(model, input)
+        return await self.wait(task_id, timeout=timeout)
+
+    async def get_credits(self) -> float:
+        """``GET /api/v1/chat/credit``: the account's credit balance."""
+        data = await self._call("GET", "/api/v1/chat/credit", "credit")
+        return float(data)
+
+    async def get_download_url(self, url: str) -> str:
+        """``POST /api/v1/common/download-url``: a fresh (20-minute) download link for a Kie result URL."""
+        data = await self._call("POST", "/api/v1/common/download-url", "download-url", json={"url": url})
+        return str(data)
+
+    async def fetch(self, url: str, *, max_bytes: int | None = None) -> FetchedFile:
+        """Download ``url`` into memory (capped, type-checked), retrying transport errors and 5xx.
+
+        A 403/404/410 (an expired link) raises :class:`~kie_pipeline.client.errors.KieDownloadError`
+        at once, with its ``status``: ask :meth:`get_download_url` for a fresh link.
+        """
+        cap = self.max_download_bytes if max_bytes is None else max_bytes
+        async with self._download_slots:
+            async for attempt in retrying(
+                attempts=self._attempts,
+                initial=self._backoff[0],
+                maximum=self._backoff[1],
+                on_retry=self._on_retry,
+            ):
+                with attempt:
+                    fetched = await _fetch(self._files, url, max_bytes=cap)
+        self.usage.downloads += 1
+        self.usage.bytes_downloaded += len(fetched.data)
+        return fetched
+
+    async def download(self, url: str, dest: str, *, max_bytes: int | None = None) -> DownloadResult:
+        """Stream ``url`` to ``dest`` (local path or fsspec URL); returns bytes written and sha256."""
+        return await _save(await self.fetch(url, max_bytes=max_bytes), dest)

@@ -1,0 +1,117 @@
+"""Turning HTTP responses of the Kie API into data or typed errors, and the retry policy.
+
+Kie may report an error as an HTTP status or as HTTP 200 with a body ``code``; both go through
+:func:`unwrap_response`. Retries use tenacity: exponential backoff with jitter on retryable errors,
+or exactly the server's ``Retry-After`` when it sends one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from .errors import KieError, KieProtocolError, KieTransportError, error_for_code
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def unwrap_response(response: httpx.Response, endpoint: str) -> Any:
+    """Return the ``data`` of a successful Kie response; raise the typed error otherwise."""
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if response.status_code >= 400:
+        code = response.status_code
+        msg = None
+        if isinstance(body, dict):
+            msg = body.get("msg") or body.get("message")
+            if isinstance(body.get("code"), int) and body["code"] >= 400:
+                code = body["code"]
+        raise error_for_code(code, msg or response.reason_phrase, endpoint=endpoint, retry_after=retry_after)
+    if not isinstance(body, dict):
+        raise KieProtocolError(f"Kie {endpoint} answered HTTP {response.status_code} with a body that is not JSON.")
+    code = body.get("code", 200)
+    try:
+        code = int(code)
+    except (TypeError, ValueError) as exc:
+        raise KieProtocolError(f"Kie {endpoint} answered with a non-numeric code {code!r}.") from exc
+    if code != 200:
+        raise error_for_code(code, body.get("msg"), endpoint=endpoint, retry_after=retry_after)
+    return body.get("data")
+
+
+def transport_error(exc: httpx.HTTPError, endpoint: str) -> KieTransportError:
+    """Wrap an httpx error without its request (whose headers hold the API key)."""
+    kind = type(exc).__name__
+    return KieTransportError(f"Kie {endpoint} failed: {kind}.")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, KieError) and exc.retryable
+
+
+class _RetryAfterOrBackoff:
+    """Wait what the server asked for (Retry-After), else exponential backoff with full jitter."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._backoff = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self._maximum = maximum
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            # A little jitter so that many waiters do not come back in the same instant.
+            return min(self._maximum, retry_after) + random.uniform(0, 0.25)
+        return self._backoff(state)
+
+
+def retrying(
+    *, attempts: int, initial: float, maximum: float, on_retry: Callable[[BaseException], None]
+) -> AsyncRetrying:
+    """The retry policy of every request: retryable errors only, bounded attempts, reraise at the end."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        if state.outcome is not None and state.outcome.exception() is not None:
+            on_retry(state.outcome.exception())
+
+    return AsyncRetrying(
+        retry=retry_if_exception(is_retryable),
+        stop=stop_after_attempt(attempts),
+        wait=_RetryAfterOrBackoff(initial, maximum),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces): stable hashes and small request bodies."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

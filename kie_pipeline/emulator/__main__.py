@@ -1,0 +1,60 @@
+"""``python -m kie_pipeline.emulator --port 8765``: run the local Kie emulator."""
+
+from __future__ import annotations
+
+import argparse
+
+from .config import FAIL_MARKER, STUCK_MARKER, EmulatorConfig, Faults
+from .server import serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m kie_pipeline.emulator",
+        description=f"A local emulator of the Kie.ai jobs API. Prompts with {FAIL_MARKER!r} fail; "
+        f"prompts with {STUCK_MARKER!r} never finish.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--api-key", default="emulator-key", help="the Bearer key it accepts")
+    p.add_argument("--balance", type=int, default=1_000_000, help="credits on the account")
+    p.add_argument("--cost", type=int, default=18, help="credits per image (1K/2K)")
+    p.add_argument("--latency", default="1,4", help="MIN,MAX seconds a task takes (uniform)")
+    p.add_argument("--create-limit", type=int, default=20, help="createTask calls per --create-period")
+    p.add_argument("--create-period", type=float, default=10.0)
+    p.add_argument("--render-scale", type=float, default=1.0, help="1.0: 1K images are 1024 px")
+    p.add_argument("--result-url-ttl", type=float, default=24 * 3600.0, help="seconds before result URLs 404")
+    p.add_argument("--error-style", choices=("http", "body"), default="http")
+    p.add_argument("--fault-500", type=float, default=0.0)
+    p.add_argument("--fault-429", type=float, default=0.0)
+    p.add_argument("--fault-drop", type=float, default=0.0)
+    p.add_argument("--fault-malformed", type=float, default=0.0)
+    p.add_argument("--fault-slow", type=float, default=0.0)
+    p.add_argument("--slow-seconds", type=float, default=30.0)
+    a = p.parse_args(argv)
+    lo, hi = (float(x) for x in a.latency.split(","))
+    config = EmulatorConfig(
+        api_key=a.api_key,
+        balance=a.balance,
+        cost_per_image=a.cost,
+        latency=(lo, hi),
+        create_limit=a.create_limit,
+        create_period=a.create_period,
+        render_scale=a.render_scale,
+        result_url_ttl=a.result_url_ttl,
+        error_style=a.error_style,
+        faults=Faults(
+            error_500=a.fault_500,
+            error_429=a.fault_429,
+            drop=a.fault_drop,
+            malformed=a.fault_malformed,
+            slow=a.fault_slow,
+            slow_seconds=a.slow_seconds,
+        ),
+    )
+    print(f"Kie emulator on http://{a.host}:{a.port} (key {a.api_key!r}, balance {a.balance})", flush=True)
+    serve(config, a.host, a.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Settings of the Kie emulator: account, limits, latency, rendering and fault injection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+#: A prompt containing this marker makes the task end in ``fail`` (failCode 501).
+FAIL_MARKER = "#kie-fail"
+#: A prompt containing this marker keeps the task in ``generating`` forever (for timeout tests).
+STUCK_MARKER = "#kie-stuck"
+
+
+@dataclass
+class Faults:
+    """Fractions of API requests that misbehave, each drawn independently (seeded)."""
+
+    error_500: float = 0.0
+    error_429: float = 0.0
+    drop: float = 0.0
+    malformed: float = 0.0
+    slow: float = 0.0
+    slow_seconds: float = 30.0
+    seed: int = 0
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything the emulator can be told; all of it can be changed at run time (``/emulator/config``)."""
+
+    api_key: str = "emulator-key"
+    balance: int = 1_000_000
+    cost_per_image: int = 18
+    cost_per_image_4k: int = 24
+    create_limit: int = 20
+    create_period: float = 10.0
+    poll_limit: int = 10
+    poll_period: float = 1.0
+    #: Uniform range (seconds) of a task's total time from creation to success/fail.
+    latency: tuple[float, float] = (0.0, 0.0)
+    #: Seconds a result URL stays valid after completion (Kie: 20 min to 14 days); then 404.
+    result_url_ttl: float = 24 * 3600.0
+    #: Seconds a link from download-url stays valid (Kie: 20 minutes).
+    download_url_ttl: float = 1200.0
+    #: Scales rendered images (1.0: 1K is 1024 px on the long side; tests use e.g. 0.0625).
+    render_scale: float = 1.0
+    #: "http": errors as HTTP statuses; "body": HTTP 200 with the error in the body's ``code``.
+    error_style: Literal["http", "body"] = "http"
+    faults: Faults = field(default_factory=Faults)
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply a (JSON) dict of changes; ``faults`` may be a partial dict."""
+        names = {f.name for f in fields(self)}
+        for key, value in changes.items():
+            if key not in names:
+                raise ValueError(f"unknown emulator setting {key!r}")
+            if key == "faults":
+                for fk, fv in value.items():
+                    if not hasattr(self.faults, fk):
+                        raise ValueError(f"unknown fault {fk!r}")
+                    setattr(self.faults, fk, fv)
+            elif key == "latency":
+                lo, hi = value
+                self.latency = (float(lo), float(hi))
+            else:
+                setattr(self, key, value)

@@ -1,0 +1,214 @@
+"""The emulator's account and task store. Task states advance with time, computed when read."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import FAIL_MARKER, STUCK_MARKER, EmulatorConfig
+
+
+@dataclass
+class Task:
+    task_id: str
+    model: str
+    request: dict[str, Any]
+    created_ms: int
+    created_mono: float
+    duration: float
+    fail: bool
+    stuck: bool
+    result_token: str | None = None
+    callback_sent: bool = False
+
+    @property
+    def input(self) -> dict[str, Any]:
+        return self.request.get("input") or {}
+
+    def state_at(self, now: float) -> str:
+        """waiting → queuing → generating → success/fail over the task's duration."""
+        elapsed = now - self.created_mono
+        if self.stuck:
+            return "generating" if elapsed >= 0.2 * self.duration else "waiting"
+        if elapsed >= self.duration:
+            return "fail" if self.fail else "success"
+        if elapsed >= 0.3 * self.duration:
+            return "generating"
+        if elapsed >= 0.1 * self.duration:
+            return "queuing"
+        return "waiting"
+
+    def completed_at(self) -> float:
+        return self.created_mono + self.duration
+
+
+@dataclass
+class FileToken:
+    task_id: str
+    index: int
+    expires_mono: float
+
+
+@dataclass
+class Stats:
+    created: int = 0
+    create_requests: int = 0
+    polls: int = 0
+    rate_limited: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    downloads: int = 0
+    download_url_calls: int = 0
+    credits_spent: int = 0
+    max_creates_in_window: int = 0
+
+
+class Emulator:
+    """In-memory account: balance, rate windows, tasks and file tokens (thread-safe)."""
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.tasks: dict[str, Task] = {}
+        self.tokens: dict[str, FileToken] = {}
+        self.stats = Stats()
+        self.lock = threading.Lock()
+        self._creates: deque[float] = deque()
+        self._polls: deque[float] = deque()
+        self._rng = random.Random(self.config.faults.seed)
+        self._fault_rng = random.Random(self.config.faults.seed)
+
+    # -- rate limits -------------------------------------------------------------------------
+    @staticmethod
+    def _window_check(stamps: deque[float], limit: int, period: float, now: float) -> float | None:
+        """None if one more fits in the window (and records it), else seconds until one does."""
+        while stamps and now - stamps[0] >= period:
+            stamps.popleft()
+        if len(stamps) >= limit:
+            return period - (now - stamps[0])
+        stamps.append(now)
+        return None
+
+    def admit_create(self) -> float | None:
+        with self.lock:
+            self.stats.create_requests += 1
+            cfg = self.config
+            wait = self._window_check(self._creates, cfg.create_limit, cfg.create_period, time.monotonic())
+            if wait is not None:
+                self.stats.rate_limited["createTask"] += 1
+            return wait
+
+    def admit_poll(self) -> float | None:
+        with self.lock:
+            self.stats.polls += 1
+            cfg = self.config
+            wait = self._window_check(self._polls, cfg.poll_limit, cfg.poll_period, time.monotonic())
+            if wait is not None:
+                self.stats.rate_limited["recordInfo"] += 1
+            return wait
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def cost_of(self, request: dict[str, Any]) -> int:
+        resolution = (request.get("input") or {}).get("resolution")
+        return self.config.cost_per_image_4k if resolution == "4K" else self.config.cost_per_image
+
+    def create(self, request: dict[str, Any]) -> Task | int:
+        """Create a task, or return the balance when it is too low for this one."""
+        with self.lock:
+            cost = self.cost_of(request)
+            if self.config.balance < cost:
+                return self.config.balance
+            self.config.balance -= cost
+            self.stats.credits_spent += cost
+            lo, hi = self.config.latency
+            prompt = str((request.get("input") or {}).get("prompt", ""))
+            task = Task(
+                task_id=uuid.uuid4().hex,
+                model=request["model"],
+                request=request,
+                created_ms=int(time.time() * 1000),
+                created_mono=time.monotonic(),
+                duration=self._rng.uniform(lo, hi) if hi > lo else lo,
+                fail=FAIL_MARKER in prompt,
+                stuck=STUCK_MARKER in prompt,
+            )
+            self.tasks[task.task_id] = task
+            self.stats.created += 1
+            now = task.created_mono
+            in_window = sum(1 for t in self._creates if now - t < self.config.create_period)
+            self.stats.max_creates_in_window = max(self.stats.max_creates_in_window, in_window)
+            return task
+
+    def new_token(self, task_id: str, index: int, ttl: float, *, start: float | None = None) -> str:
+        token = uuid.uuid4().hex
+        with self.lock:
+            self.tokens[token] = FileToken(task_id, index, (start or time.monotonic()) + ttl)
+        return token
+
+    def record(self, task: Task, base_url: str) -> dict[str, Any]:
+        """The recordInfo ``data`` object of a task, as Kie shapes it (JSON strings included)."""
+        now = time.monotonic()
+        state = task.state_at(now)
+        done = state in ("success", "fail")
+        complete_ms = task.created_ms + int(task.duration * 1000) if done else None
+        result_json = ""
+        if state == "success":
+            if task.result_token is None:
+                task.result_token = self.new_token(
+                    task.task_id, 0, self.config.result_url_ttl, start=task.completed_at()
+                )
+            ext = "jpg" if task.input.get("output_format") == "jpg" else "png"
+            url = f"{base_url.rstrip('/')}/files/{task.result_token}.{ext}"
+            result_json = json.dumps({"resultUrls": [url]})
+        return {
+            "taskId": task.task_id,
+            "model": task.model,
+            "state": state,
+            "param": json.dumps(task.request),
+            "resultJson": result_json,
+            "failCode": "501" if state == "fail" else None,
+            "failMsg": "Generation failed (forced by the emulator's fail marker)" if state == "fail" else None,
+            "costTime": int(task.duration * 1000) if done else None,
+            "completeTime": complete_ms,
+            "createTime": task.created_ms,
+            "updateTime": complete_ms or task.created_ms,
+        }
+
+    def draw_fault(self) -> str | None:
+        """Pick at most one fault for a request, by the configured fractions."""
+        f = self.config.faults
+        with self.lock:
+            r = self._fault_rng.random()
+            for name, p in (
+                ("error_500", f.error_500),
+                ("error_429", f.error_429),
+                ("drop", f.drop),
+                ("malformed", f.malformed),
+                ("slow", f.slow),
+            ):
+                if r < p:
+                    self.stats.faults[name] += 1
+                    return name
+                r -= p
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for tests, benchmarks and the admin endpoint."""
+        with self.lock:
+            s = self.stats
+            return {
+                "created": s.created,
+                "create_requests": s.create_requests,
+                "polls": s.polls,
+                "rate_limited": dict(s.rate_limited),
+                "faults": dict(s.faults),
+                "downloads": s.downloads,
+                "download_url_calls": s.download_url_calls,
+                "credits_spent": s.credits_spent,
+                "balance": self.config.balance,
+                "max_creates_in_window": s.max_creates_in_window,
+            }

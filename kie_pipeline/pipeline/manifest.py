@@ -1,0 +1,252 @@
+"""Reading and validating a manifest of prompts (CSV or Parquet), before any credit is spent.
+
+One row per image: ``id``, ``prompt``, ``batch`` required; ``model``, ``aspect_ratio``, ``resolution``,
+``output_format``, ``image_input`` optional; every other column is carried through unchanged.
+Validation collects *every* problem, each naming the row, the id and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow.parquet as pq
+
+from kie_pipeline.client import NANO_BANANA_PRO, KieValidationError, validate_input
+from kie_pipeline.client.transport import dumps
+
+REQUIRED_COLUMNS = ("id", "prompt", "batch")
+INPUT_COLUMNS = ("aspect_ratio", "resolution", "output_format", "image_input")
+#: Columns the pipeline itself writes to the catalog; a manifest may not use these names for extras.
+RESERVED_COLUMNS = (
+    "id", "batch", "model", "prompt", "state", "task_id", "result_url", "image_uri", "sha256", "bytes",
+    "width", "height", "format", "fail_code", "fail_msg", "cost_time_ms", "created_at", "completed_at",
+    "request_key", "input_json", "row_number", "aspect_ratio", "resolution", "output_format", "image_input",
+)  # fmt: skip
+#: Partition keys appear in paths and URLs: keep them to a safe alphabet.
+BATCH_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_ID_CHARS = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One invalid value: where it is and what is wrong."""
+
+    row: int | None
+    id: str | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" if self.row is not None else "manifest"
+        if self.id:
+            where += f" (id {self.id!r})"
+        return f"{where}, field {self.field!r}: {self.message}"
+
+
+class ManifestError(ValueError):
+    """The manifest is invalid; ``problems`` lists every bad row and field."""
+
+    def __init__(self, problems: list[Problem], source: str = "manifest") -> None:
+        self.problems = problems
+        shown = "\n".join(f"  - {p}" for p in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(
+            f"{source} is invalid ({len(problems)} problem(s)); nothing was submitted:\n{shown}{more}"
+        )
+
+
+def read_manifest(path: str) -> pd.DataFrame:
+    """Read a CSV or Parquet manifest (by extension) from a path or fsspec URL.
+
+    CSV cells are read as text, exactly as written (no NA guessing), as UTF-8.
+    """
+    lower = path.lower()
+    try:
+        if lower.endswith((".parquet", ".pq")):
+            with fsspec.open(path, "rb") as fh:
+                return pq.read_table(fh).to_pandas()
+        if lower.endswith((".csv", ".csv.gz", ".tsv")):
+            with fsspec.open(path, "rb", compression="infer") as fh:
+                raw = fh.read()
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                line = raw[: exc.start].count(b"\n") + 1
+                raise ManifestError(
+                    [Problem(None, None, "encoding", f"invalid UTF-8 at byte {exc.start} (line {line})")], path
+                ) from None
+            sep = "\t" if lower.endswith(".tsv") else ","
+            return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise ManifestError([Problem(None, None, "path", f"no manifest at {path}")], path) from None
+    except ManifestError:
+        raise
+    except (ValueError, OSError) as exc:  # pandas.errors.ParserError, ArrowInvalid are ValueErrors
+        raise ManifestError([Problem(None, None, "format", f"cannot be read: {exc}")], path) from None
+    raise ManifestError([Problem(None, None, "path", "must end in .csv, .tsv, .csv.gz or .parquet")], path)
+
+
+def _text(value: Any) -> str | None:
+    """A cell as text, or None when empty (NaN/None/"")."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    if not isinstance(value, str):
+        return None if pd.isna(value) else str(value)
+    return value if value.strip() else None
+
+
+def parse_image_input(value: Any) -> list[Any]:
+    """``image_input`` as a JSON list, a ``|``-separated string, or a list already."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if hasattr(value, "tolist"):  # numpy arrays from Parquet list columns
+        return list(value.tolist())
+    text = _text(value)
+    if text is None:
+        return []
+    text = text.strip()
+    if text.startswith("["):
+        parsed = json.loads(text)
+        if not isinstance(parsed, list):
+            raise ValueError("must be a JSON list")
+        return parsed
+    return [part.strip() for part in text.split("|") if part.strip()]
+
+
+def request_key(row_id: str, model: str, input: dict[str, Any]) -> str:
+    """The key of a row's request: same id + same model + same (normalized) input → same key."""
+    return hashlib.sha256(dumps({"id": row_id, "model": model, "input": input}).encode()).hexdigest()[:32]
+
+
+def _check_id(value: Any) -> str | None:
+    """The id as text, or None if missing; raises ValueError with the reason when unsafe."""
+    text = _text(value)
+    if text is None:
+        return None
+    if len(text) > MAX_ID_CHARS:
+        raise ValueError(f"is {len(text)} characters long; at most {MAX_ID_CHARS}")
+    if "/" in text or "\\" in text or ".." in text:
+        raise ValueError("must not contain '/', '\\\\' or '..' (ids never become paths)")
+    if _CONTROL.search(text):
+        raise ValueError("must not contain control characters")
+    return text
+
+
+def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFrame:
+    """Validate every row and return the normalized manifest.
+
+    The result has the columns ``id, batch, model, prompt, aspect_ratio, resolution, output_format,
+    image_input`` (a JSON list), ``input_json`` (the exact request input), ``request_key`` and
+    ``row_number`` (1-based data row), then the manifest's extra columns unchanged.
+
+    Raises:
+        ManifestError: listing every problem (row number, id, field), if there is any.
+    """
+    problems: list[Problem] = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    for col in missing:
+        problems.append(Problem(None, None, col, "required column is missing"))
+    if len(df) == 0:
+        problems.append(Problem(None, None, "rows", "the manifest has no rows"))
+    for col in df.columns:
+        if not isinstance(col, str):
+            problems.append(Problem(None, None, str(col), "column names must be text"))
+    if problems:
+        raise ManifestError(problems, source)
+
+    extras = [c for c in df.columns if c not in (*REQUIRED_COLUMNS, "model", *INPUT_COLUMNS)]
+    for col in extras:
+        if col in RESERVED_COLUMNS:
+            problems.append(Problem(None, None, col, "is a column the catalog writes; rename it"))
+
+    rows: list[dict[str, Any]] = []
+    first_row_of_id: dict[str, int] = {}
+    for i, rec in enumerate(df.to_dict("records"), start=1):
+        row_problems: list[Problem] = []
+
+        def bad(field: str, message: str, rid: str | None = None, _rp: list[Problem] = row_problems) -> None:
+            _rp.append(Problem(i, rid, field, message))
+
+        try:
+            rid = _check_id(rec.get("id"))
+        except ValueError as exc:
+            rid = None
+            bad("id", str(exc), str(rec.get("id"))[:60])
+        else:
+            if rid is None:
+                bad("id", "is empty")
+            elif rid in first_row_of_id:
+                bad("id", f"duplicates the id of row {first_row_of_id[rid]}", rid)
+            else:
+                first_row_of_id[rid] = i
+
+        batch = _text(rec.get("batch"))
+        if batch is None:
+            bad("batch", "is empty", rid)
+        elif not BATCH_PATTERN.match(batch):
+            bad("batch", f"{batch[:40]!r} must be 1-100 of A-Z a-z 0-9 . _ - (it names a partition)", rid)
+
+        model = _text(rec.get("model")) or NANO_BANANA_PRO
+        prompt = rec.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            bad("prompt", "is empty", rid)
+        inp: dict[str, Any] = {"prompt": prompt}
+        for col in ("aspect_ratio", "resolution", "output_format"):
+            value = _text(rec.get(col))
+            if value is not None:
+                inp[col] = value.strip()
+        try:
+            images = parse_image_input(rec.get("image_input"))
+            if images:
+                inp["image_input"] = images
+        except ValueError as exc:
+            bad("image_input", f"is not a JSON list or '|'-separated URLs ({exc})", rid)
+        normalized: dict[str, Any] = {}
+        if not row_problems:
+            try:
+                normalized = validate_input(model, inp)
+            except KieValidationError as exc:
+                bad(exc.field or "input", exc.message, rid)
+        problems.extend(row_problems)
+        if row_problems:
+            continue
+        assert rid is not None and batch is not None
+        rows.append(
+            {
+                "id": rid,
+                "batch": batch,
+                "model": model,
+                "prompt": prompt,
+                "aspect_ratio": normalized.get("aspect_ratio"),
+                "resolution": normalized.get("resolution"),
+                "output_format": normalized.get("output_format"),
+                "image_input": json.dumps(normalized.get("image_input", [])),
+                "input_json": dumps(normalized),
+                "request_key": request_key(rid, model, normalized),
+                "row_number": i,
+                **{c: rec.get(c) for c in extras},
+            }
+        )
+    if problems:
+        raise ManifestError(problems, source)
+    out = pd.DataFrame(rows)
+    for col in extras:  # keep the extra columns' original dtypes
+        out[col] = df[col].to_numpy()
+    return out
+
+
+def load_manifest(path: str) -> pd.DataFrame:
+    """Read and validate a manifest file: the normalized manifest, or a :class:`ManifestError`."""
+    return validate_manifest(read_manifest(path), source=path)
