@@ -26,13 +26,15 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-demo: $(STAMP)
+$(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
+	cp deploy/dagster.yaml $@
+
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m kie_pipeline.demo
 
 # The emulator in the background, then the Dagster UI (http://127.0.0.1:3000) to backfill batches.
-dev: $(STAMP)
-	mkdir -p $(DAGSTER_HOME)
+dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m kie_pipeline.emulator --port 8765 --latency 2,6 & \
 	  trap "kill $$!" EXIT; \
 	  KIE_BASE_URL=$${KIE_BASE_URL:-http://127.0.0.1:8765} KIE_API_KEY=$${KIE_API_KEY:-emulator-key} \

@@ -202,7 +202,11 @@ class AsyncKieClient:
         """``GET /api/v1/jobs/recordInfo``: the task's current record, decoded."""
         self.usage.polls += 1
         data = await self._call(
-            "GET", "/api/v1/jobs/recordInfo", "recordInfo", limiter=self.poll_limiter, params={"taskId": task_id}
+            "GET",
+            "/api/v1/jobs/recordInfo",
+            "recordInfo",
+            limiter=self.poll_limiter,
+            params={"taskId": task_id},
         )
         return TaskRecord.from_api(data)
 

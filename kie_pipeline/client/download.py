@@ -77,4 +77,6 @@ def write_bytes(dest: str, data: bytes) -> None:
 async def save(fetched: FetchedFile, dest: str) -> DownloadResult:
     """Write a fetched file to ``dest`` (local path or fsspec URL) off the event loop."""
     await asyncio.to_thread(write_bytes, dest, fetched.data)
-    return DownloadResult(path=dest, bytes=len(fetched.data), sha256=fetched.sha256, content_type=fetched.content_type)
+    return DownloadResult(
+        path=dest, bytes=len(fetched.data), sha256=fetched.sha256, content_type=fetched.content_type
+    )

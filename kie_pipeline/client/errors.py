@@ -80,7 +80,12 @@ class KieRateLimitError(KieError):
     hint = "Kie allows 20 new tasks per 10 s and 10 polls per second per account; lower the rate limits."
 
     def __init__(
-        self, message: str, *, code: int | None = 429, msg: str | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        code: int | None = 429,
+        msg: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.retry_after = retry_after
         super().__init__(message, code=code, msg=msg)

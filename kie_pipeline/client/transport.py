@@ -57,7 +57,9 @@ def unwrap_response(response: httpx.Response, endpoint: str) -> Any:
                 code = body["code"]
         raise error_for_code(code, msg or response.reason_phrase, endpoint=endpoint, retry_after=retry_after)
     if not isinstance(body, dict):
-        raise KieProtocolError(f"Kie {endpoint} answered HTTP {response.status_code} with a body that is not JSON.")
+        raise KieProtocolError(
+            f"Kie {endpoint} answered HTTP {response.status_code} with a body that is not JSON."
+        )
     code = body.get("code", 200)
     try:
         code = int(code)

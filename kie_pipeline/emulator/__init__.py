@@ -7,4 +7,12 @@ from .config import FAIL_MARKER, STUCK_MARKER, EmulatorConfig, Faults
 from .server import EmulatorServer, wait_until_up
 from .state import Emulator
 
-__all__ = ["FAIL_MARKER", "STUCK_MARKER", "Emulator", "EmulatorConfig", "EmulatorServer", "Faults", "wait_until_up"]
+__all__ = [
+    "FAIL_MARKER",
+    "STUCK_MARKER",
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorServer",
+    "Faults",
+    "wait_until_up",
+]

@@ -82,16 +82,23 @@ def build_app(emu: Emulator) -> Starlette:
         wait = emu.admit_create()
         if wait is not None:
             return _error(
-                emu, 429, "Rate limit exceeded: 20 requests per 10 seconds", {"Retry-After": str(math.ceil(wait))}
+                emu,
+                429,
+                "Rate limit exceeded: 20 requests per 10 seconds",
+                {"Retry-After": str(math.ceil(wait))},
             )
         problem = _check_input(body.get("model"), body.get("input"))
         if problem:
             return _error(emu, 422, problem)
         created = emu.create(body)
         if not isinstance(created, Task):
-            return _error(emu, 402, f"Credits insufficient: balance {created}, this task costs {emu.cost_of(body)}")
+            return _error(
+                emu, 402, f"Credits insufficient: balance {created}, this task costs {emu.cost_of(body)}"
+            )
         if body.get("callBackUrl"):
-            asyncio.get_running_loop().create_task(_send_callback(emu, created, body["callBackUrl"], _base(request)))
+            asyncio.get_running_loop().create_task(
+                _send_callback(emu, created, body["callBackUrl"], _base(request))
+            )
         return _ok({"taskId": created.task_id})
 
     async def record_info(request: Request) -> Response:

@@ -171,7 +171,9 @@ class Emulator:
             "param": json.dumps(task.request),
             "resultJson": result_json,
             "failCode": "501" if state == "fail" else None,
-            "failMsg": "Generation failed (forced by the emulator's fail marker)" if state == "fail" else None,
+            "failMsg": "Generation failed (forced by the emulator's fail marker)"
+            if state == "fail"
+            else None,
             "costTime": int(task.duration * 1000) if done else None,
             "completeTime": complete_ms,
             "createTime": task.created_ms,

@@ -8,6 +8,7 @@ stopped anywhere resumes from the records (tasks are polled, finished images are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -126,10 +127,14 @@ class _Batch:
         """Create the row's task and record it at once; None when nothing was created."""
         if self.stop_reason:
             self.summary.not_submitted += 1
-            self.results[row["id"]] = _result(row, None, "NOT_SUBMITTED", f"not submitted: {self.stop_reason}")
+            self.results[row["id"]] = _result(
+                row, None, "NOT_SUBMITTED", f"not submitted: {self.stop_reason}"
+            )
             return None
         try:
-            task_id = await self.client.create_task(row["model"], json.loads(row["input_json"]), validate=False)
+            task_id = await self.client.create_task(
+                row["model"], json.loads(row["input_json"]), validate=False
+            )
         except (KieAuthError, KieInsufficientCreditsError) as exc:
             self.stop(str(exc))
             self.summary.not_submitted += 1
@@ -233,7 +238,9 @@ class _Batch:
         try:
             await asyncio.to_thread(write_bytes, uri, fetched.data)
         except OSError as exc:
-            self.stop(f"the store {self.store.root} is not writable: {exc} (task {rec['task_id']} is recorded)")
+            self.stop(
+                f"the store {self.store.root} is not writable: {exc} (task {rec['task_id']} is recorded)"
+            )
             self.results[row["id"]] = _result(row, rec, "STORE_ERROR", str(exc))
             return
         rec.update(
@@ -258,10 +265,9 @@ class _Batch:
         self.results[row["id"]] = _result(row, rec, None, None)
 
     async def _save_quietly(self, rec: dict[str, Any]) -> None:
-        try:
+        # On failure stop() has recorded why, with the task id in the message.
+        with contextlib.suppress(OSError):
             await self.save(rec)
-        except OSError:
-            pass  # stop() has recorded why; the task id is in the error message
 
     def _count_failure(self) -> None:
         self.consecutive_failures += 1
@@ -339,7 +345,9 @@ def _result(
     }
 
 
-RESULT_COLUMNS = list(_result({k: None for k in ("id", "batch", "model", "prompt", "request_key")}, None, "", "").keys())
+RESULT_COLUMNS = list(
+    _result({k: None for k in ("id", "batch", "model", "prompt", "request_key")}, None, "", "").keys()
+)
 
 
 async def generate_batch(
@@ -370,10 +378,14 @@ async def generate_batch(
     started = time.monotonic()
     await batch.run(rows)
     batch.summary.stop_reason = batch.stop_reason
-    progress(f"Batch of {len(rows)} rows done in {time.monotonic() - started:.1f} s: {batch.summary.as_dict()}")
+    progress(
+        f"Batch of {len(rows)} rows done in {time.monotonic() - started:.1f} s: {batch.summary.as_dict()}"
+    )
     if batch.stop_reason:
         raise SystemicError(f"Generation stopped: {batch.stop_reason}", batch.summary)
-    extras = [c for c in manifest_rows.columns if c not in RESULT_COLUMNS and c not in ("input_json", "row_number")]
+    extras = [
+        c for c in manifest_rows.columns if c not in RESULT_COLUMNS and c not in ("input_json", "row_number")
+    ]
     ordered = [batch.results[r["id"]] for r in rows]
     out = pd.DataFrame(ordered, columns=RESULT_COLUMNS)
     for col in extras:

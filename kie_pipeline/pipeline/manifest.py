@@ -81,7 +81,8 @@ def read_manifest(path: str) -> pd.DataFrame:
             except UnicodeDecodeError as exc:
                 line = raw[: exc.start].count(b"\n") + 1
                 raise ManifestError(
-                    [Problem(None, None, "encoding", f"invalid UTF-8 at byte {exc.start} (line {line})")], path
+                    [Problem(None, None, "encoding", f"invalid UTF-8 at byte {exc.start} (line {line})")],
+                    path,
                 ) from None
             sep = "\t" if lower.endswith(".tsv") else ","
             return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
@@ -176,8 +177,8 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
     for i, rec in enumerate(df.to_dict("records"), start=1):
         row_problems: list[Problem] = []
 
-        def bad(field: str, message: str, rid: str | None = None, _rp: list[Problem] = row_problems) -> None:
-            _rp.append(Problem(i, rid, field, message))
+        def bad(field: str, message: str, rid: str | None = None, _i: int = i) -> None:
+            row_problems.append(Problem(_i, rid, field, message))
 
         try:
             rid = _check_id(rec.get("id"))

@@ -1,0 +1,87 @@
+"""Automation: a sensor that follows the manifest, and a schedule for periodic generation."""
+
+import hashlib
+import json
+
+import dagster as dg
+import fsspec
+
+from kie_pipeline.pipeline.manifest import ManifestError, load_manifest
+
+from .assets import generated_images, prompt_manifest
+from .partitions import batches
+from .resources import DatasetResource
+
+
+def _manifest_digest(path: str) -> str | None:
+    try:
+        with fsspec.open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+@dg.sensor(
+    target=[prompt_manifest, generated_images],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def manifest_sensor(
+    context: dg.SensorEvaluationContext, dataset: DatasetResource
+) -> dg.SensorResult | dg.SkipReason:
+    """Watches the manifest: registers new batches, refreshes ``prompt_manifest`` when the file
+    changes, then generates the batches that snapshot reports as new or changed.
+
+    The two steps are separate ticks so a batch is generated only from a snapshot that holds it.
+    """
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    run_requests: list[dg.RunRequest] = []
+    partition_requests: list[dg.AddDynamicPartitionsRequest] = []
+
+    digest = _manifest_digest(dataset.manifest)
+    if digest is None:
+        return dg.SkipReason(f"No manifest at {dataset.manifest}.")
+    if digest != cursor.get("manifest_sha256"):
+        try:
+            manifest = load_manifest(dataset.manifest)
+        except ManifestError as exc:
+            return dg.SkipReason(f"The manifest is invalid, nothing requested:\n{exc}")
+        known = set(context.instance.get_dynamic_partitions(batches.name))
+        new = sorted(set(manifest["batch"]) - known)
+        if new:
+            partition_requests.append(batches.build_add_request(new))
+        run_requests.append(
+            dg.RunRequest(run_key=f"manifest-{digest[:16]}", asset_selection=[prompt_manifest.key])
+        )
+        cursor["manifest_sha256"] = digest
+
+    event = context.instance.get_latest_materialization_event(prompt_manifest.key)
+    if event is not None and event.storage_id > cursor.get("snapshot_storage_id", -1):
+        materialization = event.asset_materialization
+        changed = materialization.metadata.get("changed_batches") if materialization else None
+        for batch in (changed.value if changed is not None else []) or []:
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=f"generate-{batch}-{event.storage_id}",
+                    partition_key=batch,
+                    asset_selection=[generated_images.key],
+                )
+            )
+        cursor["snapshot_storage_id"] = event.storage_id
+
+    return dg.SensorResult(
+        run_requests=run_requests, dynamic_partitions_requests=partition_requests, cursor=json.dumps(cursor)
+    )
+
+
+@dg.schedule(
+    cron_schedule="0 2 * * *", target=generated_images, default_status=dg.DefaultScheduleStatus.STOPPED
+)
+def nightly_generation(context: dg.ScheduleEvaluationContext):
+    """Every night, one run per batch: retries failed rows and resumes unfinished ones.
+
+    Rows already generated cost nothing (no createTask), so this is safe to run every day.
+    """
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    for key in context.instance.get_dynamic_partitions(batches.name):
+        yield dg.RunRequest(run_key=f"nightly-{day}-{key}", partition_key=key)
