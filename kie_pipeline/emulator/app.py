@@ -155,6 +155,8 @@ def build_app(emu: Emulator) -> Starlette:
             emu.config.render_scale,
         )
         emu.stats.downloads += 1
+        if "authorization" in request.headers:
+            emu.stats.downloads_with_auth += 1
         return Response(data, media_type="image/jpeg" if fmt == "jpg" else "image/png")
 
     async def stats(request: Request) -> Response:
@@ -202,6 +204,21 @@ async def _send_callback(emu: Emulator, task: Task, url: str, base_url: str) -> 
             await asyncio.sleep(1)
 
 
+_FORCED_MESSAGES = {
+    400: "Invalid request parameters",
+    401: "You do not have access permissions",
+    402: "Credits insufficient",
+    404: "Resource not found",
+    408: "Upstream timeout",
+    422: "prompt: parameter validation failed",
+    429: "Rate limit exceeded",
+    455: "Service under maintenance",
+    500: "Internal server error",
+    501: "Generation failed",
+    505: "Feature disabled",
+}
+
+
 class FaultInjection:
     """ASGI middleware that makes a fraction of API requests fail, before the handler sees them.
 
@@ -219,6 +236,10 @@ class FaultInjection:
         fault = self.emu.draw_fault()
         if fault is None:
             await self.app(scope, receive, send)
+        elif isinstance(fault, int):
+            msg = _FORCED_MESSAGES.get(fault, "Forced error")
+            headers = {"Retry-After": "1"} if fault == 429 else None
+            await _error(self.emu, fault, msg, headers)(scope, receive, send)
         elif fault == "slow":
             await asyncio.sleep(self.emu.config.faults.slow_seconds)
             await self.app(scope, receive, send)

@@ -22,6 +22,9 @@ class Faults:
     slow: float = 0.0
     slow_seconds: float = 30.0
     seed: int = 0
+    #: Answer the next ``force_count`` API requests with this error code (any documented code).
+    force_code: int | None = None
+    force_count: int = 0
 
 
 @dataclass

@@ -63,6 +63,7 @@ class Stats:
     rate_limited: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     downloads: int = 0
+    downloads_with_auth: int = 0
     download_url_calls: int = 0
     credits_spent: int = 0
     max_creates_in_window: int = 0
@@ -180,10 +181,14 @@ class Emulator:
             "updateTime": complete_ms or task.created_ms,
         }
 
-    def draw_fault(self) -> str | None:
-        """Pick at most one fault for a request, by the configured fractions."""
+    def draw_fault(self) -> str | int | None:
+        """Pick at most one fault for a request: a forced code, or one by the configured fractions."""
         f = self.config.faults
         with self.lock:
+            if f.force_code is not None and f.force_count > 0:
+                f.force_count -= 1
+                self.stats.faults[f"code_{f.force_code}"] += 1
+                return f.force_code
             r = self._fault_rng.random()
             for name, p in (
                 ("error_500", f.error_500),
@@ -209,6 +214,7 @@ class Emulator:
                 "rate_limited": dict(s.rate_limited),
                 "faults": dict(s.faults),
                 "downloads": s.downloads,
+                "downloads_with_auth": s.downloads_with_auth,
                 "download_url_calls": s.download_url_calls,
                 "credits_spent": s.credits_spent,
                 "balance": self.config.balance,

@@ -1,0 +1,31 @@
+"""Shared fixtures: a Kie emulator on a loopback port, fast clients, temporary stores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from kie_pipeline.client import AsyncKieClient
+from kie_pipeline.emulator import EmulatorConfig, EmulatorServer
+
+#: Client settings that keep tests fast: quick polls and backoffs (never wall-clock assertions).
+FAST = {
+    "poll_initial": 0.02,
+    "poll_max": 0.1,
+    "backoff_initial": 0.01,
+    "backoff_max": 0.2,
+    "max_attempts": 8,
+}
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    """A fresh emulator: small images, fast tasks, Kie's documented limits."""
+    with EmulatorServer(EmulatorConfig(render_scale=1 / 16, latency=(0.02, 0.1))) as server:
+        yield server
+
+
+def make_client(server: EmulatorServer, **options: object) -> AsyncKieClient:
+    """An async client of ``server`` with fast polling (override anything with ``options``)."""
+    return AsyncKieClient(server.config.api_key, server.url, **{**FAST, **options})  # type: ignore[arg-type]

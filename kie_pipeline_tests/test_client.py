@@ -1,0 +1,420 @@
+"""The Kie client against the emulator, over real HTTP: states, errors, retries, limits, downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from kie_pipeline.client import (
+    KieAuthError,
+    KieBadRequestError,
+    KieClient,
+    KieDownloadError,
+    KieError,
+    KieFeatureDisabledError,
+    KieGenerationFailedError,
+    KieInsufficientCreditsError,
+    KieMaintenanceError,
+    KieNotFoundError,
+    KieRateLimitError,
+    KieServerError,
+    KieTaskTimeoutError,
+    KieUpstreamTimeoutError,
+    KieValidationError,
+    SlidingWindowLimiter,
+    TaskState,
+)
+from kie_pipeline.emulator import FAIL_MARKER, STUCK_MARKER, EmulatorConfig, EmulatorServer
+
+from .conftest import make_client
+
+PROMPT = {"prompt": "a lighthouse on a cliff at dawn"}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_task_passes_through_every_state_to_success(emulator: EmulatorServer) -> None:
+    emulator.config.latency = (1.0, 1.0)
+
+    async def go():
+        async with make_client(emulator) as client:
+            task_id = await client.create_task("nano-banana-pro", PROMPT)
+            seen = []
+            while True:
+                record = await client.get_task(task_id)
+                if not seen or seen[-1] != record.state:
+                    seen.append(record.state)
+                if record.is_terminal:
+                    return seen, record
+                await asyncio.sleep(0.05)
+
+    seen, record = run(go())
+    assert seen == [TaskState.WAITING, TaskState.QUEUING, TaskState.GENERATING, TaskState.SUCCESS]
+    # param and resultJson arrive as JSON strings and are decoded.
+    assert record.param["model"] == "nano-banana-pro"
+    assert record.param["input"]["prompt"] == PROMPT["prompt"]
+    assert record.param["input"]["aspect_ratio"] == "1:1"  # documented default filled in
+    assert len(record.result_urls) == 1 and record.result_urls[0].startswith(emulator.url)
+    assert record.cost_time_ms == 1000
+    assert record.create_time is not None and record.complete_time > record.create_time
+    assert record.update_time == record.complete_time
+
+
+def test_forced_failure_is_a_fail_record(emulator: EmulatorServer) -> None:
+    async def go():
+        async with make_client(emulator) as client:
+            return await client.run("nano-banana-pro", {"prompt": f"a cat {FAIL_MARKER}"})
+
+    record = run(go())
+    assert record.state is TaskState.FAIL
+    assert record.fail_code == "501"
+    assert "fail" in record.fail_msg.lower()
+    assert record.result_urls == []
+
+
+def test_wait_times_out_on_a_stuck_task(emulator: EmulatorServer) -> None:
+    async def go():
+        async with make_client(emulator) as client:
+            task_id = await client.create_task("nano-banana-pro", {"prompt": f"slow {STUCK_MARKER}"})
+            with pytest.raises(KieTaskTimeoutError) as info:
+                await client.wait(task_id, timeout=0.3)
+            return task_id, info.value
+
+    task_id, err = run(go())
+    assert err.task_id == task_id
+    assert err.last_state in ("waiting", "generating")
+    assert "may still complete" in str(err)
+
+
+CODES = [
+    (400, KieBadRequestError, False),
+    (401, KieAuthError, False),
+    (402, KieInsufficientCreditsError, False),
+    (404, KieNotFoundError, False),
+    (408, KieUpstreamTimeoutError, True),
+    (422, KieValidationError, False),
+    (429, KieRateLimitError, True),
+    (455, KieMaintenanceError, True),
+    (500, KieServerError, True),
+    (501, KieGenerationFailedError, False),
+    (505, KieFeatureDisabledError, False),
+]
+
+
+@pytest.mark.parametrize("style", ["http", "body"])
+@pytest.mark.parametrize(("code", "exc_type", "retryable"), CODES)
+def test_every_error_code_in_both_styles(emulator, style, code, exc_type, retryable) -> None:
+    """Each documented code maps to its typed error, whether sent as HTTP status or body code."""
+    emulator.config.error_style = style
+    emulator.config.faults.force_code = code
+    emulator.config.faults.force_count = 100  # more than the retries: the error must surface
+
+    async def go():
+        async with make_client(emulator, max_attempts=3) as client:
+            with pytest.raises(KieError) as info:
+                await client.create_task("nano-banana-pro", PROMPT)
+            return info.value, client.usage
+
+    err, usage = run(go())
+    assert type(err) is exc_type
+    assert err.code == code
+    stats = emulator.emulator.snapshot()
+    forced = stats["faults"][f"code_{code}"]
+    if retryable:
+        assert forced == 3 and usage.retries == 2  # retried up to max_attempts
+    else:
+        # never retried; a 402 looks up the balance once (that request is forced too)
+        assert forced == (2 if code == 402 else 1) and usage.retries == 0
+    assert stats["created"] == 0
+
+
+def test_error_messages_say_what_to_do(emulator: EmulatorServer) -> None:
+    emulator.config.balance = 10  # less than one image (18 credits)
+
+    async def go():
+        async with make_client(emulator) as client:
+            with pytest.raises(KieInsufficientCreditsError) as credits:
+                await client.create_task("nano-banana-pro", PROMPT)
+        async with make_client(emulator) as client:
+            client._http.headers["Authorization"] = "Bearer wrong"
+            with pytest.raises(KieAuthError) as auth:
+                await client.get_credits()
+        return credits.value, auth.value
+
+    credits, auth = run(go())
+    assert credits.balance == 10 and "balance: 10 credits" in str(credits) and "Top up" in str(credits)
+    assert "KIE_API_KEY" in str(auth)
+
+
+def test_server_side_422_names_the_field(emulator: EmulatorServer) -> None:
+    async def go():
+        async with make_client(emulator) as client:
+            with pytest.raises(KieValidationError) as info:
+                await client.create_task("nano-banana-pro", {"prompt": "x", "resolution": "8K"}, validate=False)
+            return info.value
+
+    err = run(go())
+    assert err.field == "resolution" and err.code == 422
+
+
+@pytest.mark.parametrize(
+    ("inp", "field"),
+    [
+        ({}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x" * 10_001}, "prompt"),
+        ({"prompt": "x", "image_input": [f"https://e.com/{i}.png" for i in range(9)]}, "image_input"),
+        ({"prompt": "x", "image_input": ["file:///etc/passwd"]}, "image_input"),
+        ({"prompt": "x", "aspect_ratio": "7:5"}, "aspect_ratio"),
+        ({"prompt": "x", "resolution": "8K"}, "resolution"),
+        ({"prompt": "x", "output_format": "gif"}, "output_format"),
+        ({"prompt": "x", "aspectRatio": "1:1"}, "aspectRatio"),
+    ],
+)
+def test_local_validation_refuses_before_any_request(emulator, inp, field) -> None:
+    async def go():
+        async with make_client(emulator) as client:
+            with pytest.raises(KieValidationError) as info:
+                await client.create_task("nano-banana-pro", inp)
+            return info.value
+
+    err = run(go())
+    assert err.field == field
+    assert emulator.emulator.snapshot()["create_requests"] == 0
+
+
+def test_limits_of_the_documented_model_are_accepted(emulator: EmulatorServer) -> None:
+    inp = {
+        "prompt": "x" * 10_000,
+        "image_input": [f"https://example.com/{i}.png" for i in range(8)],
+        "aspect_ratio": "21:9",
+        "resolution": "4K",
+        "output_format": "jpg",
+    }
+
+    async def go():
+        async with make_client(emulator) as client:
+            return await client.create_task("nano-banana-pro", inp)
+
+    assert run(go())
+    assert emulator.emulator.snapshot()["credits_spent"] == 24  # 4K costs more
+
+
+def test_retries_survive_500s_drops_and_malformed_json(emulator: EmulatorServer) -> None:
+    emulator.config.faults.error_500 = 0.15
+    emulator.config.faults.drop = 0.1
+    emulator.config.faults.malformed = 0.1
+    emulator.config.faults.error_429 = 0.1
+
+    async def go():
+        async with make_client(emulator, max_attempts=12) as client:
+            records = await asyncio.gather(*(client.run("nano-banana-pro", PROMPT) for _ in range(20)))
+            return records, client.usage
+
+    records, usage = run(go())
+    assert all(r.state is TaskState.SUCCESS for r in records)
+    stats = emulator.emulator.snapshot()
+    assert sum(stats["faults"].values()) > 0 and usage.retries >= sum(stats["faults"].values()) - 1
+    assert stats["created"] == 20  # faults strike before processing: no duplicate tasks
+
+
+def test_429_retry_after_is_honoured(emulator: EmulatorServer) -> None:
+    """The server's limit is tighter than the client's: the 429 is absorbed by waiting Retry-After."""
+    emulator.config.create_limit = 2
+    emulator.config.create_period = 1.0
+
+    async def go():
+        async with make_client(emulator, create_limit=100) as client:
+            ids = [await client.create_task("nano-banana-pro", PROMPT) for _ in range(4)]
+            return ids, client.usage
+
+    ids, usage = run(go())
+    assert len(set(ids)) == 4
+    assert usage.rate_limited >= 1
+    assert emulator.emulator.snapshot()["created"] == 4
+
+
+def test_client_rate_limiter_keeps_every_window_within_the_limit(emulator: EmulatorServer) -> None:
+    emulator.config.create_limit = 5
+    emulator.config.create_period = 0.5
+
+    async def go():
+        async with make_client(emulator, create_limit=5, create_period=0.5) as client:
+            await asyncio.gather(*(client.create_task("nano-banana-pro", PROMPT) for _ in range(17)))
+            return client.usage
+
+    usage = run(go())
+    stats = emulator.emulator.snapshot()
+    assert stats["created"] == 17
+    assert stats["rate_limited"] == {} and usage.rate_limited == 0
+    assert stats["max_creates_in_window"] <= 5
+
+
+def test_sliding_window_never_exceeds_limit_in_any_window() -> None:
+    limiter = SlidingWindowLimiter(4, 0.2)
+    stamps: list[float] = []
+
+    async def one():
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+
+    async def go():
+        await asyncio.gather(*(one() for _ in range(14)))
+
+    run(go())
+    stamps.sort()
+    # any 5 consecutive acquisitions span at least one full window
+    assert all(stamps[i + 4] - stamps[i] >= 0.2 for i in range(len(stamps) - 4))
+
+
+def test_download_to_file_with_sha256_and_fresh_links(emulator: EmulatorServer, tmp_path) -> None:
+    async def go():
+        async with make_client(emulator) as client:
+            record = await client.run("nano-banana-pro", {**PROMPT, "output_format": "jpg"})
+            result = await client.download(record.result_urls[0], str(tmp_path / "a" / "img.jpg"))
+            fresh = await client.get_download_url(record.result_urls[0])
+            again = await client.download(fresh, str(tmp_path / "b.jpg"))
+            with pytest.raises(KieValidationError):
+                await client.get_download_url("https://example.com/not-kie.png")
+            return result, again
+
+    result, again = run(go())
+    data = (tmp_path / "a" / "img.jpg").read_bytes()
+    assert result.bytes == len(data) and result.sha256 == hashlib.sha256(data).hexdigest()
+    assert result.content_type == "image/jpeg" and data[:2] == b"\xff\xd8"
+    assert again.sha256 == result.sha256  # deterministic rendering per task
+    assert not [p for p in tmp_path.rglob("*.part")]
+    # the API key is never sent to the file host
+    assert emulator.emulator.snapshot()["downloads_with_auth"] == 0
+
+
+def test_expired_result_url_is_404_and_download_url_recovers(emulator: EmulatorServer, tmp_path) -> None:
+    emulator.config.result_url_ttl = 0.0
+
+    async def go():
+        async with make_client(emulator) as client:
+            record = await client.run("nano-banana-pro", PROMPT)
+            with pytest.raises(KieDownloadError) as info:
+                await client.fetch(record.result_urls[0])
+            fresh = await client.get_download_url(record.result_urls[0])
+            return info.value, await client.fetch(fresh)
+
+    err, fetched = run(go())
+    assert err.status == 404 and not err.retryable
+    assert fetched.data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_download_refuses_oversize_non_http_and_non_images(emulator: EmulatorServer, tmp_path) -> None:
+    async def go():
+        async with make_client(emulator) as client:
+            record = await client.run("nano-banana-pro", PROMPT)
+            url = record.result_urls[0]
+            errors = []
+            for target, kwargs in (
+                (url, {"max_bytes": 100}),
+                ("file:///etc/passwd", {}),
+                (f"{emulator.url}/emulator/stats", {}),  # JSON, not an image
+            ):
+                with pytest.raises(KieDownloadError) as info:
+                    await client.download(target, str(tmp_path / "x.png"), **kwargs)
+                errors.append(str(info.value))
+            return errors
+
+    oversize, scheme, ctype = run(go())
+    assert "cap of 100 bytes" in oversize
+    assert "only http(s)" in scheme
+    assert "content type" in ctype
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_credits_and_the_sync_facade(emulator: EmulatorServer, tmp_path) -> None:
+    with KieClient(emulator.config.api_key, emulator.url, poll_initial=0.02) as client:
+        before = client.get_credits()
+        record = client.run("nano-banana-pro", PROMPT)
+        result = client.download(record.result_urls[0], str(tmp_path / "s.png"))
+        after = client.get_credits()
+        assert client.usage.tasks_created == 1
+    assert before - after == 18
+    assert result.bytes == (tmp_path / "s.png").stat().st_size
+
+
+def test_callback_url_receives_the_final_record(emulator: EmulatorServer) -> None:
+    received: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    sink = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    try:
+
+        async def go():
+            async with make_client(emulator) as client:
+                url = f"http://127.0.0.1:{sink.server_port}/cb"
+                task_id = await client.create_task("nano-banana-pro", PROMPT, callback_url=url)
+                record = await client.wait(task_id)
+                for _ in range(100):
+                    if received:
+                        break
+                    await asyncio.sleep(0.02)
+                return task_id, record
+
+        task_id, record = run(go())
+    finally:
+        sink.shutdown()
+    import json
+
+    from kie_pipeline.client import TaskRecord
+
+    body = json.loads(received[0])
+    assert body["code"] == 200
+    callback = TaskRecord.from_api(body["data"])
+    assert callback.task_id == task_id and callback.state is TaskState.SUCCESS
+    assert callback.param["callBackUrl"].endswith("/cb")  # param holds the whole request
+    assert callback.result_urls == record.result_urls
+
+
+def test_api_key_never_in_reprs_errors_or_logs(caplog, tmp_path) -> None:
+    secret = "sk-SECRET-" + os.urandom(6).hex()
+    caplog.set_level(logging.DEBUG)
+    with EmulatorServer(EmulatorConfig(api_key=secret, render_scale=1 / 16, latency=(0.01, 0.05))) as server:
+        server.config.faults.error_500 = 0.3
+
+        async def go():
+            texts = []
+            async with make_client(server) as client:
+                texts.append(repr(client))
+                record = await client.run("nano-banana-pro", PROMPT)
+                await client.download(record.result_urls[0], str(tmp_path / "k.png"))
+                server.config.faults.error_500 = 0.0
+                server.config.faults.force_code, server.config.faults.force_count = 401, 1
+                try:
+                    await client.get_credits()
+                except KieError as exc:
+                    texts += [str(exc), repr(exc), str(exc.__cause__), str(exc.__context__)]
+            return texts
+
+        texts = run(go())
+    with KieClient(secret, "http://127.0.0.1:9") as sync_client:
+        texts.append(repr(sync_client))
+    from kie_pipeline.resources import KieResource
+
+    texts.append(repr(KieResource(api_key=secret)))
+    everything = "\n".join(texts) + caplog.text
+    assert "HTTP Request" in caplog.text  # httpx did log its requests
+    assert secret not in everything
