@@ -55,7 +55,8 @@ def manifest_sensor(
         )
         cursor["manifest_sha256"] = digest
 
-    event = context.instance.get_latest_materialization_event(prompt_manifest.key)
+    records = context.instance.fetch_materializations(prompt_manifest.key, limit=1).records
+    event = records[0] if records else None
     if event is not None and event.storage_id > cursor.get("snapshot_storage_id", -1):
         materialization = event.asset_materialization
         changed = materialization.metadata.get("changed_batches") if materialization else None

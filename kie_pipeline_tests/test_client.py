@@ -159,7 +159,9 @@ def test_server_side_422_names_the_field(emulator: EmulatorServer) -> None:
     async def go():
         async with make_client(emulator) as client:
             with pytest.raises(KieValidationError) as info:
-                await client.create_task("nano-banana-pro", {"prompt": "x", "resolution": "8K"}, validate=False)
+                await client.create_task(
+                    "nano-banana-pro", {"prompt": "x", "resolution": "8K"}, validate=False
+                )
             return info.value
 
     err = run(go())
@@ -351,7 +353,7 @@ def test_callback_url_receives_the_final_record(emulator: EmulatorServer) -> Non
     received: list[bytes] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
+        def do_POST(self):
             received.append(self.rfile.read(int(self.headers["Content-Length"])))
             self.send_response(200)
             self.end_headers()
@@ -418,3 +420,19 @@ def test_api_key_never_in_reprs_errors_or_logs(caplog, tmp_path) -> None:
     everything = "\n".join(texts) + caplog.text
     assert "HTTP Request" in caplog.text  # httpx did log its requests
     assert secret not in everything
+
+
+def test_client_and_emulator_modules_import_no_dagster() -> None:
+    """The client layer (and the emulator) stay usable from any orchestrator."""
+    import ast
+    from pathlib import Path
+
+    import kie_pipeline
+
+    root = Path(kie_pipeline.__file__).parent
+    for folder in ("client", "emulator"):
+        for path in (root / folder).glob("*.py"):
+            tree = ast.parse(path.read_text())
+            names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            assert not [n for n in names if n.split(".")[0] == "dagster"], path

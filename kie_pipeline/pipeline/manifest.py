@@ -177,8 +177,10 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
     for i, rec in enumerate(df.to_dict("records"), start=1):
         row_problems: list[Problem] = []
 
-        def bad(field: str, message: str, rid: str | None = None, _i: int = i) -> None:
-            row_problems.append(Problem(_i, rid, field, message))
+        def bad(
+            field: str, message: str, rid: str | None = None, _i: int = i, _out: list[Problem] = row_problems
+        ) -> None:
+            _out.append(Problem(_i, rid, field, message))
 
         try:
             rid = _check_id(rec.get("id"))
