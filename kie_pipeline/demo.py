@@ -76,9 +76,7 @@ def main() -> int:
         if created == 0:
             print(f"Everything was already generated: {reused} images reused, 0 new Kie tasks created.")
         else:
-            print(
-                f"{created} new Kie tasks created, {reused} images reused. Run `make demo` again: 0 new tasks."
-            )
+            print(f"{created} new Kie tasks, {reused} reused. Run `make demo` again: 0 new tasks.")
         return 0 if counts.get("success", 0) == len(catalog) else 1
 
 

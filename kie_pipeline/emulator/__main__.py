@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latency", default="1,4", help="MIN,MAX seconds a task takes (uniform)")
     p.add_argument("--create-limit", type=int, default=20, help="createTask calls per --create-period")
     p.add_argument("--create-period", type=float, default=10.0)
+    p.add_argument("--poll-limit", type=int, default=10, help="recordInfo calls per second")
     p.add_argument("--render-scale", type=float, default=1.0, help="1.0: 1K images are 1024 px")
     p.add_argument("--result-url-ttl", type=float, default=24 * 3600.0, help="seconds before result URLs 404")
     p.add_argument("--error-style", choices=("http", "body"), default="http")
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         latency=(lo, hi),
         create_limit=a.create_limit,
         create_period=a.create_period,
+        poll_limit=a.poll_limit,
         render_scale=a.render_scale,
         result_url_ttl=a.result_url_ttl,
         error_style=a.error_style,
