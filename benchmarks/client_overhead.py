@@ -17,7 +17,16 @@ from _emulator import emulator_process
 
 from kie_pipeline.client import AsyncKieClient
 
-UNLIMITED = ("--latency", "0,0", "--create-limit", "1000000", "--poll-limit", "1000000", "--render-scale", "0.02")
+UNLIMITED = (
+    "--latency",
+    "0,0",
+    "--create-limit",
+    "1000000",
+    "--poll-limit",
+    "1000000",
+    "--render-scale",
+    "0.02",
+)
 
 
 async def run(url: str, n: int, dest: str) -> dict[str, float]:
@@ -25,11 +34,15 @@ async def run(url: str, n: int, dest: str) -> dict[str, float]:
         "emulator-key", url, create_limit=1_000_000, poll_limit=1_000_000, poll_initial=0.0, poll_max=0.01
     ) as client:
         t0 = time.perf_counter()
-        ids = await asyncio.gather(*(client.create_task("nano-banana-pro", {"prompt": f"p{i}"}) for i in range(n)))
+        ids = await asyncio.gather(
+            *(client.create_task("nano-banana-pro", {"prompt": f"p{i}"}) for i in range(n))
+        )
         t1 = time.perf_counter()
         records = await asyncio.gather(*(client.wait(t, first_delay=0) for t in ids))
         t2 = time.perf_counter()
-        await asyncio.gather(*(client.download(r.result_urls[0], f"{dest}/{i}.png") for i, r in enumerate(records)))
+        await asyncio.gather(
+            *(client.download(r.result_urls[0], f"{dest}/{i}.png") for i, r in enumerate(records))
+        )
         t3 = time.perf_counter()
     return {"create": t1 - t0, "wait": t2 - t1, "download": t3 - t2, "total": t3 - t0}
 

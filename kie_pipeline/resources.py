@@ -1,6 +1,7 @@
 """Dagster resources: the Kie API client (KieResource) and where the dataset lives (DatasetResource)."""
 
 import os
+import tempfile
 
 import dagster as dg
 from pydantic import Field
@@ -39,6 +40,11 @@ class KieResource(dg.ConfigurableResource):
     backoff_initial_s: float = Field(default=1.0, description="First retry backoff.")
     backoff_max_s: float = Field(default=60.0, description="Longest retry backoff.")
     max_download_mb: int = Field(default=50, description="Refuse result files larger than this.")
+    rate_limit_dir: str | None = Field(
+        default=os.path.join(tempfile.gettempdir(), "kie-pipeline"),
+        description="Folder of the rate-limit windows shared by every run on this machine "
+        "(None: per process). Across machines, give each one a share: create_limit = 20 / machines.",
+    )
 
     def get_client(self) -> AsyncKieClient:
         """A new async client (use it as ``async with resource.get_client() as client``)."""
@@ -58,6 +64,7 @@ class KieResource(dg.ConfigurableResource):
             backoff_initial=self.backoff_initial_s,
             backoff_max=self.backoff_max_s,
             max_download_bytes=self.max_download_mb * 1024 * 1024,
+            shared_limit_dir=self.rate_limit_dir,
         )
 
 

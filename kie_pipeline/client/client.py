@@ -8,6 +8,7 @@ polls another (10 per s), and every request retries retryable failures with back
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from .errors import (
     KieTaskTimeoutError,
 )
 from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord
-from .ratelimit import SlidingWindowLimiter
+from .ratelimit import SharedSlidingWindowLimiter, SlidingWindowLimiter, shared_limiter_path
 from .transport import retrying, transport_error, unwrap_response
 from .validation import validate_input
 
@@ -62,7 +63,8 @@ class AsyncKieClient:
             off by ``poll_backoff`` up to ``poll_max`` s (Kie advises 2-3 s first, then 15-30 s).
         wait_timeout: ``wait`` gives up after this many seconds (Kie: 10-15 min).
         max_download_bytes: downloads larger than this are refused.
-        create_limiter: a shared limiter (for several clients or processes on one account).
+        shared_limit_dir: when set, the createTask and poll windows live in files under this folder,
+            shared by every process on the machine that uses the same account (URL + key).
     """
 
     def __init__(
@@ -84,7 +86,7 @@ class AsyncKieClient:
         wait_timeout: float = 900.0,
         max_download_bytes: int = 50 * 1024 * 1024,
         max_concurrent_downloads: int = 8,
-        create_limiter: Any | None = None,
+        shared_limit_dir: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not api_key:
@@ -99,9 +101,18 @@ class AsyncKieClient:
         self.max_download_bytes = max_download_bytes
         self._attempts = max_attempts
         self._backoff = (backoff_initial, backoff_max)
-        # A small margin on the create window: the server counts arrivals, we count departures.
-        self.create_limiter = create_limiter or SlidingWindowLimiter(create_limit, create_period, margin=0.25)
-        self.poll_limiter = SlidingWindowLimiter(poll_limit, poll_period, margin=0.05)
+        # A small margin on each window: the server counts arrivals, we count departures.
+        self.create_limiter: SlidingWindowLimiter | SharedSlidingWindowLimiter
+        self.poll_limiter: SlidingWindowLimiter | SharedSlidingWindowLimiter
+        if shared_limit_dir:
+            path = functools.partial(shared_limiter_path, shared_limit_dir, self.base_url, api_key)
+            self.create_limiter = SharedSlidingWindowLimiter(
+                path("create"), create_limit, create_period, margin=0.25
+            )
+            self.poll_limiter = SharedSlidingWindowLimiter(path("poll"), poll_limit, poll_period, margin=0.05)
+        else:
+            self.create_limiter = SlidingWindowLimiter(create_limit, create_period, margin=0.25)
+            self.poll_limiter = SlidingWindowLimiter(poll_limit, poll_period, margin=0.05)
         limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
