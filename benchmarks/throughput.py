@@ -24,11 +24,10 @@ import sys
 import tempfile
 import time
 
+import dagster as dg
 import httpx
 import pandas as pd
 from _emulator import emulator_process
-
-import dagster as dg
 
 LIMIT, PERIOD, LATENCY = 20, 10.0, (5.0, 15.0)
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
