@@ -95,7 +95,7 @@ def paced(n: int) -> None:
     print(f"  ratio                {wall / bound:8.3f}")
     print(f"  createTask / image   {s['create_requests'] / n:8.2f}")
     print(f"  recordInfo / image   {s['polls'] / n:8.2f}")
-    print(f"  429s received        {sum(s['rate_limited'].values()):8d}")
+    print(f"  429s received        {sum(s['rate_limited'].values()):8d}   {s['rate_limited']}")
     print(f"  images succeeded     {md['images_succeeded']:8d}")
     print(f"  peak RSS             {rss:8.0f} MB")
 

@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from kie_pipeline.client import AsyncKieClient, KieError
+from kie_pipeline.client import AsyncKieClient, KieAuthError, KieError
 from kie_pipeline.pipeline.catalog import COLUMN_DESCRIPTIONS, build_catalog, thumbnail_markdown, typed
 from kie_pipeline.pipeline.generation import BatchSummary, SystemicError, generate_batch
 from kie_pipeline.pipeline.manifest import ManifestError, load_manifest
@@ -95,6 +95,8 @@ async def _generate(
     async def credits() -> float | None:
         try:
             return await client.get_credits()
+        except KieAuthError:
+            raise  # a refused key: fail before any task is attempted
         except KieError:
             return None
 
@@ -178,11 +180,14 @@ def generated_images(
             out = await _generate(client, dataset, rows, config, context.log)
             return (*out, client.usage.as_dict())
 
-    df, summary, error, credits_used, usage = asyncio.run(run())
+    try:
+        df, summary, error, credits_used, usage = asyncio.run(run())
+    except KieAuthError as exc:
+        raise dg.Failure(description=f"{exc} No image was attempted.") from None
     metadata = _run_metadata(summary, usage, credits_used, time.monotonic() - started)
     if error is not None:
         raise dg.Failure(
-            description=f"{error}. Everything already paid for is recorded under {dataset.store}/tasks; "
+            description=f"{str(error).rstrip('.')}. Everything already paid for is recorded under {dataset.store}/tasks; "
             "fix the cause and re-materialize this partition to finish only what is missing.",
             metadata=metadata,
         )

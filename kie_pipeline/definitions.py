@@ -33,6 +33,10 @@ def build_resources(**kie_options: Any) -> dict[str, Any]:
     # Without it, KieResource explains how to set it or how to use the emulator.
     api_key = dg.EnvVar("KIE_API_KEY") if os.environ.get("KIE_API_KEY") else None
     base_url = dg.EnvVar("KIE_BASE_URL") if os.environ.get("KIE_BASE_URL") else DEFAULT_BASE_URL
+    # A run's share of the account's limits when several machines run at once (see docs/cluster.md).
+    for var, option in (("KIE_CREATE_LIMIT", "create_limit"), ("KIE_POLL_LIMIT", "poll_limit")):
+        if os.environ.get(var):
+            kie_options.setdefault(option, int(os.environ[var]))
     return {
         "kie": KieResource(api_key=api_key, base_url=base_url, **kie_options),
         "dataset": DatasetResource(manifest=manifest, store=store),

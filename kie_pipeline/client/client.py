@@ -109,10 +109,10 @@ class AsyncKieClient:
             self.create_limiter = SharedSlidingWindowLimiter(
                 path("create"), create_limit, create_period, margin=0.25
             )
-            self.poll_limiter = SharedSlidingWindowLimiter(path("poll"), poll_limit, poll_period, margin=0.05)
+            self.poll_limiter = SharedSlidingWindowLimiter(path("poll"), poll_limit, poll_period, margin=0.15)
         else:
             self.create_limiter = SlidingWindowLimiter(create_limit, create_period, margin=0.25)
-            self.poll_limiter = SlidingWindowLimiter(poll_limit, poll_period, margin=0.05)
+            self.poll_limiter = SlidingWindowLimiter(poll_limit, poll_period, margin=0.15)
         limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,

@@ -8,7 +8,8 @@ from .config import FAIL_MARKER, STUCK_MARKER, EmulatorConfig, Faults
 from .server import serve
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the emulator."""
     p = argparse.ArgumentParser(
         prog="python -m kie_pipeline.emulator",
         description=f"A local emulator of the Kie.ai jobs API. Prompts with {FAIL_MARKER!r} fail; "
@@ -32,7 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fault-malformed", type=float, default=0.0)
     p.add_argument("--fault-slow", type=float, default=0.0)
     p.add_argument("--slow-seconds", type=float, default=30.0)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
     lo, hi = (float(x) for x in a.latency.split(","))
     config = EmulatorConfig(
         api_key=a.api_key,

@@ -38,8 +38,11 @@ def _ok(data: Any) -> JSONResponse:
 
 
 def _authorized(emu: Emulator, request: Request) -> bool:
-    header = request.headers.get("authorization", "")
-    return header == f"Bearer {emu.config.api_key}"
+    ok = request.headers.get("authorization", "") == f"Bearer {emu.config.api_key}"
+    if not ok:
+        with emu.lock:
+            emu.stats.unauthorized += 1
+    return ok
 
 
 def _check_input(model: Any, inp: Any) -> str | None:

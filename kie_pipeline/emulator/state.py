@@ -64,6 +64,7 @@ class Stats:
     faults: Counter[str] = field(default_factory=Counter)
     downloads: int = 0
     downloads_with_auth: int = 0
+    unauthorized: int = 0
     download_url_calls: int = 0
     credits_spent: int = 0
     max_creates_in_window: int = 0
@@ -215,6 +216,7 @@ class Emulator:
                 "faults": dict(s.faults),
                 "downloads": s.downloads,
                 "downloads_with_auth": s.downloads_with_auth,
+                "unauthorized": s.unauthorized,
                 "download_url_calls": s.download_url_calls,
                 "credits_spent": s.credits_spent,
                 "balance": self.config.balance,

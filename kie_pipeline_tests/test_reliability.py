@@ -1,0 +1,224 @@
+"""Reliability and security: faults survived, nothing paid twice or lost, no secret leaked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from kie_pipeline.emulator import STUCK_MARKER, EmulatorConfig, EmulatorServer
+
+from .pipeline_helpers import SAMPLE, Pipeline, metadata, write_manifest
+
+
+@pytest.fixture
+def env(tmp_path: Path, emulator: EmulatorServer, monkeypatch) -> Path:
+    write_manifest(str(tmp_path / "prompts.csv"), SAMPLE)
+    monkeypatch.setenv("KIE_API_KEY", emulator.config.api_key)
+    monkeypatch.setenv("KIE_BASE_URL", emulator.url)
+    monkeypatch.setenv("KIE_MANIFEST", str(tmp_path / "prompts.csv"))
+    monkeypatch.setenv("KIE_STORE", str(tmp_path / "store"))
+    (tmp_path / "home").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def instance(env: Path):
+    with dg.DagsterInstance.local_temp(tempdir=str(env / "home")) as inst:
+        yield inst
+
+
+def records(env: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (env / "store" / "tasks").glob("*.json")]
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    event = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return event.step_failure_data.error.message
+
+
+def test_100_rows_survive_500s_429s_drops_malformed_and_slow_responses(env, emulator, instance) -> None:
+    emulator.config.faults.error_500 = 0.10
+    emulator.config.faults.error_429 = 0.10
+    emulator.config.faults.drop = 0.02
+    emulator.config.faults.malformed = 0.01
+    emulator.config.faults.slow = 0.01
+    emulator.config.faults.slow_seconds = 1.5  # beyond the client's timeout below: a timed-out request
+    write_manifest(
+        str(env / "prompts.csv"), [{"id": f"r{i}", "batch": "big", "prompt": f"p {i}"} for i in range(100)]
+    )
+    # Kie's own limits are not what this test is about: lift them so 100 rows finish quickly.
+    pipe = Pipeline(instance, timeout_s=1.0, max_attempts=12, poll_limit=1000, create_limit=1000)
+    emulator.config.poll_limit = emulator.config.create_limit = 1000
+    pipe.manifest()
+    md = metadata(pipe.batch("big"))
+    stats = emulator.emulator.snapshot()
+    assert md["images_succeeded"] == 100 and md["images_failed"] == 0
+    assert stats["created"] == 100  # no duplicate createTask
+    assert md["retries"] >= sum(stats["faults"].values()) - stats["faults"].get("slow", 0)
+    assert set(stats["faults"]) >= {"error_500", "error_429"}
+
+
+def test_401_at_the_start_fails_at_once(env, emulator, instance, monkeypatch) -> None:
+    monkeypatch.setenv("KIE_API_KEY", "wrong-key")
+    pipe = Pipeline(instance)
+    pipe.manifest()
+    result = pipe.batch("animals", raise_on_error=False)
+    assert not result.success
+    message = failure_message(result)
+    assert "KIE_API_KEY" in message and "wrong-key" not in message
+    stats = emulator.emulator.snapshot()
+    assert stats["created"] == 0 and stats["create_requests"] == 0  # 0 images attempted
+    assert stats["unauthorized"] == 1  # the credit balance, looked up first, was refused: stop there
+    assert records(env) == []
+
+
+def test_task_stuck_past_the_wait_timeout_is_resumed_next_run(env, emulator, instance) -> None:
+    rows = [dict(r) for r in SAMPLE]
+    rows[0]["prompt"] = f"A fox {STUCK_MARKER}"
+    write_manifest(str(env / "prompts.csv"), rows)
+    pipe = Pipeline(instance, wait_timeout_s=0.5)
+    pipe.manifest()
+    md = metadata(pipe.batch("animals"))
+    assert md["timed_out"] == 1 and md["images_succeeded"] == 2
+    table = pd.read_parquet(env / "store" / "generated_images" / "animals.parquet").set_index("id")
+    assert table.loc["fox", "fail_code"] == "TIMEOUT" and table.loc["fox", "task_id"]
+    assert [r["status"] for r in records(env) if r["id"] == "fox"] == ["timeout"]
+    again = metadata(pipe.batch("animals"))
+    assert again["images_resumed"] == 1 and again["images_created"] == 0  # polled, not created again
+    assert emulator.emulator.snapshot()["created"] == 3
+
+
+def test_download_url_failing_too_is_recorded_and_retried(env, emulator, instance) -> None:
+    emulator.config.result_url_ttl = 0.0
+    pipe = Pipeline(instance, max_attempts=2)
+    pipe.manifest()
+    real_route = emulator.config.download_url_ttl
+    emulator.config.download_url_ttl = -1.0  # fresh links are already expired: the fallback fails too
+    md = metadata(pipe.batch("cities"))
+    assert md["download_failed"] == 2
+    table = pd.read_parquet(env / "store" / "generated_images" / "cities.parquet")
+    assert set(table["fail_code"]) == {"DOWNLOAD_FAILED"} and table["task_id"].notna().all()
+    assert all(r["status"] == "download_failed" for r in records(env))
+    emulator.config.download_url_ttl = real_route
+    again = metadata(pipe.batch("cities"))
+    assert again["images_resumed"] == 2 and again["images_succeeded"] == 2 and again["images_created"] == 0
+    assert emulator.emulator.snapshot()["created"] == 2
+
+
+def test_unwritable_store_fails_clearly_and_records_nothing_false(env, emulator, instance) -> None:
+    pipe = Pipeline(instance)
+    pipe.manifest()
+    (env / "store" / "images").write_text("not a folder")  # image writes now fail (even as root)
+    result = pipe.batch("animals", raise_on_error=False)
+    assert not result.success
+    assert "not writable" in failure_message(result)
+    assert [r["status"] for r in records(env)] == ["submitted"] * 3  # nothing recorded as done
+    (env / "store" / "images").unlink()
+    md = metadata(pipe.batch("animals"))
+    assert md["images_resumed"] == 3 and md["images_created"] == 0 and md["images_succeeded"] == 3
+    assert emulator.emulator.snapshot()["created"] == 3
+
+
+RUNNER = """
+import json, os, sys
+import dagster as dg
+from kie_pipeline.definitions import ASSETS, build_resources
+instance = dg.DagsterInstance.local_temp(tempdir=sys.argv[1])
+dg.materialize(ASSETS, selection=["generated_images"], partition_key=sys.argv[2],
+               resources=build_resources(**json.loads(os.environ["TEST_KIE_OPTIONS"])), instance=instance)
+"""
+
+
+def _done(env: Path, n: int) -> bool:
+    return sum(r["status"] == "success" for r in records(env)) >= n
+
+
+@pytest.mark.parametrize(
+    "kill_when",
+    [
+        pytest.param(lambda env: len(records(env)) >= 2, id="during-submission"),
+        pytest.param(lambda env: len(records(env)) >= 6, id="during-polling"),
+        pytest.param(lambda env: _done(env, 2), id="during-downloads"),
+        pytest.param(lambda env: _done(env, 6), id="before-the-table-is-written"),
+    ],
+)
+def test_sigkill_at_any_point_then_rerun_creates_each_task_once(env, emulator, instance, kill_when) -> None:
+    emulator.config.latency = (0.6, 1.2)
+    emulator.config.create_limit, emulator.config.create_period = 2, 0.5
+    write_manifest(
+        str(env / "prompts.csv"), [{"id": f"r{i}", "batch": "big", "prompt": f"p {i}"} for i in range(6)]
+    )
+    pipe = Pipeline(instance, create_limit=2, create_period_s=0.5)
+    pipe.manifest()
+    options = {"poll_initial_s": 0.1, "poll_max_s": 0.2, "create_limit": 2, "create_period_s": 0.5}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(env / "home"), "big"],
+        env={**os.environ, "TEST_KIE_OPTIONS": json.dumps(options)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and not kill_when(env):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    paid = emulator.emulator.snapshot()["created"]
+    assert len(records(env)) == paid  # every task Kie created is recorded: nothing lost
+    md = metadata(pipe.batch("big"))
+    assert emulator.emulator.snapshot()["created"] == 6  # createTask calls == rows
+    assert md["images_succeeded"] == 6
+    assert md["images_created"] == 6 - paid
+
+
+def test_api_key_never_written_logged_or_shown(tmp_path, monkeypatch, caplog) -> None:
+    secret = "sk-LEAKCHECK-" + os.urandom(8).hex()
+    caplog.set_level(logging.DEBUG)
+    config = EmulatorConfig(api_key=secret, render_scale=1 / 16, latency=(0.02, 0.1))
+    config.faults.error_500 = 0.2
+    with EmulatorServer(config) as server:
+        write_manifest(str(tmp_path / "prompts.csv"), SAMPLE)
+        monkeypatch.setenv("KIE_API_KEY", secret)
+        monkeypatch.setenv("KIE_BASE_URL", server.url)
+        monkeypatch.setenv("KIE_MANIFEST", str(tmp_path / "prompts.csv"))
+        monkeypatch.setenv("KIE_STORE", str(tmp_path / "store"))
+        (tmp_path / "home").mkdir()
+        with dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "home")) as instance:
+            pipe = Pipeline(instance)
+            pipe.all()
+            server.config.faults.error_500 = 0.0
+            server.config.faults.force_code, server.config.faults.force_count = 402, 100
+            (tmp_path / "prompts.csv").write_text("id,batch,prompt\nnew,animals,new prompt\n")
+            pipe.manifest()
+            failed = pipe.batch("animals", raise_on_error=False)
+            assert not failed.success
+            shown = [str(e) for e in failed.all_events] + [repr(pipe.resources["kie"])]
+            logs = [e.message for e in instance.all_logs(failed.run_id)]
+    written = b""
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            written += path.read_bytes()
+    assert len(written) > 10_000  # the store, the tables and Dagster's own sqlite event logs
+    assert secret.encode() not in written
+    assert secret not in caplog.text + "\n".join(shown) + "\n".join(logs)
+
+
+def test_servers_bind_to_loopback_by_default() -> None:
+    import inspect
+
+    from kie_pipeline.emulator.__main__ import build_parser
+    from kie_pipeline.emulator.server import serve
+
+    with EmulatorServer() as server:
+        assert server.host == "127.0.0.1"
+    assert build_parser().parse_args([]).host == "127.0.0.1"
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
