@@ -187,7 +187,8 @@ def generated_images(
     metadata = _run_metadata(summary, usage, credits_used, time.monotonic() - started)
     if error is not None:
         raise dg.Failure(
-            description=f"{str(error).rstrip('.')}. Everything already paid for is recorded under {dataset.store}/tasks; "
+            description=f"{str(error).rstrip('.')}. Everything already paid for is recorded under "
+            f"{dataset.store}/tasks; "
             "fix the cause and re-materialize this partition to finish only what is missing.",
             metadata=metadata,
         )
