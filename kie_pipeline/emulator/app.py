@@ -192,7 +192,9 @@ async def _send_callback(emu: Emulator, task: Task, url: str, base_url: str) -> 
     """POST the final record to callBackUrl, as Kie does: 15 s timeout, up to 3 attempts."""
     if task.stuck:
         return
-    await asyncio.sleep(max(0.0, task.completed_at() - time.monotonic()))
+    # asyncio may wake a hair early: wait until the task really is terminal.
+    while task.state_at(time.monotonic()) not in ("success", "fail"):
+        await asyncio.sleep(max(0.005, task.completed_at() - time.monotonic()))
     record = emu.record(task, base_url)
     payload = {"code": 200 if record["state"] == "success" else 501, "msg": "success", "data": record}
     async with httpx.AsyncClient(timeout=15) as client:
