@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from kie_pipeline.client import AsyncKieClient
@@ -29,3 +31,24 @@ def emulator() -> Iterator[EmulatorServer]:
 def make_client(server: EmulatorServer, **options: object) -> AsyncKieClient:
     """An async client of ``server`` with fast polling (override anything with ``options``)."""
     return AsyncKieClient(server.config.api_key, server.url, **{**FAST, **options})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def env(tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """KIE_* pointing at the emulator; the sample manifest, the store and DAGSTER_HOME in tmp_path."""
+    from .pipeline_helpers import SAMPLE, write_manifest
+
+    write_manifest(str(tmp_path / "prompts.csv"), SAMPLE)
+    monkeypatch.setenv("KIE_API_KEY", emulator.config.api_key)
+    monkeypatch.setenv("KIE_BASE_URL", emulator.url)
+    monkeypatch.setenv("KIE_MANIFEST", str(tmp_path / "prompts.csv"))
+    monkeypatch.setenv("KIE_STORE", str(tmp_path / "store"))
+    (tmp_path / "home").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def instance(env: Path) -> Iterator[dg.DagsterInstance]:
+    """A real Dagster instance (sqlite) in ``env / "home"``, which subprocesses can open too."""
+    with dg.DagsterInstance.local_temp(tempdir=str(env / "home")) as inst:
+        yield inst

