@@ -13,20 +13,9 @@ import sys
 import tempfile
 import time
 
-from _emulator import emulator_process
+from _harness import UNLIMITED, emulator_process
 
 from kie_pipeline.client import AsyncKieClient
-
-UNLIMITED = (
-    "--latency",
-    "0,0",
-    "--create-limit",
-    "1000000",
-    "--poll-limit",
-    "1000000",
-    "--render-scale",
-    "0.02",
-)
 
 
 async def run(url: str, n: int, dest: str) -> dict[str, float]:

@@ -8,7 +8,6 @@ Prints whether every row reached the catalog exactly once, and peak RSS after ea
 
 from __future__ import annotations
 
-import os
 import resource
 import sys
 import tempfile
@@ -17,61 +16,37 @@ import time
 import dagster as dg
 import httpx
 import pandas as pd
-from _emulator import emulator_process
+from _harness import emulator_process, materialize, point_at
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+FAST_LATENCY = (
+    "--latency",
+    "0.05,0.3",
+    "--create-limit",
+    "100000",
+    "--poll-limit",
+    "100000",
+    "--render-scale",
+    "0.05",
+)
+FAST_CLIENT = {"create_limit": 100000, "poll_limit": 100000, "poll_initial_s": 0.05, "poll_max_s": 0.2}
 
 
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     parts = int(sys.argv[2]) if len(sys.argv) > 2 else 20
-    args = (
-        "--latency",
-        "0.05,0.3",
-        "--create-limit",
-        "100000",
-        "--poll-limit",
-        "100000",
-        "--render-scale",
-        "0.05",
-    )
     with (
-        emulator_process(*args) as url,
+        emulator_process(*FAST_LATENCY) as url,
         tempfile.TemporaryDirectory() as work,
         dg.instance_for_test() as inst,
     ):
-        pd.DataFrame(
-            {
-                "id": [f"r{i:05d}" for i in range(rows)],
-                "batch": [f"part{i % parts:02d}" for i in range(rows)],
-                "prompt": [f"load test image {i}" for i in range(rows)],
-            }
-        ).to_csv(f"{work}/prompts.csv", index=False)
-        os.environ.update(
-            KIE_API_KEY="emulator-key",
-            KIE_BASE_URL=url,
-            KIE_MANIFEST=f"{work}/prompts.csv",
-            KIE_STORE=f"{work}/store",
-        )
-        from kie_pipeline.definitions import ASSETS, build_resources
-
-        resources = build_resources(
-            create_limit=100000, poll_limit=100000, poll_initial_s=0.05, poll_max_s=0.2, rate_limit_dir=None
-        )
-
-        def run(selection: str, partition: str | None = None) -> None:
-            dg.materialize(
-                ASSETS, selection=[selection], partition_key=partition, resources=resources, instance=inst,
-                run_config=QUIET,
-            )  # fmt: skip
-
+        point_at(url, work, rows, batches=parts)
         t0 = time.monotonic()
-        run("prompt_manifest")
+        materialize(inst, "prompt_manifest")
         rss = []
         for key in sorted(inst.get_dynamic_partitions("batches")):
-            run("generated_images", key)
+            materialize(inst, "generated_images", key, **FAST_CLIENT)
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        run("image_catalog")
+        materialize(inst, "image_catalog")
         wall = time.monotonic() - t0
         catalog = pd.read_parquet(f"{work}/store/image_catalog.parquet")
         created = httpx.get(f"{url}/emulator/stats").json()["created"]
