@@ -7,9 +7,16 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 from pydantic import Field
+from upath import UPath
 
 from kie_pipeline.client import AsyncKieClient, KieAuthError, KieError
-from kie_pipeline.pipeline.catalog import COLUMN_DESCRIPTIONS, build_catalog, thumbnail_markdown, typed
+from kie_pipeline.pipeline.catalog import (
+    COLUMN_DESCRIPTIONS,
+    build_catalog,
+    mismatched_copies,
+    thumbnail_markdown,
+    typed,
+)
 from kie_pipeline.pipeline.generation import BatchSummary, SystemicError, generate_batch
 from kie_pipeline.pipeline.manifest import ManifestError, load_manifest
 
@@ -31,8 +38,6 @@ def column_schema(df: pd.DataFrame) -> dg.TableSchema:
 
 def _previous_keys(dataset: DatasetResource) -> dict[str, set[str]]:
     """Request keys per batch in the last manifest snapshot (to find batches that changed)."""
-    from upath import UPath
-
     path = UPath(dataset.store) / "prompt_manifest.parquet"
     try:
         with path.open("rb") as fh:
@@ -203,7 +208,7 @@ def generated_images(
             "preview": dg.MetadataValue.md(thumbnail_markdown(store, df, limit=4)),
         },
     )
-    mismatched = _mismatched_copies(store, df)
+    mismatched = mismatched_copies(store, df)
     yield dg.AssetCheckResult(
         check_name="durable_copies_match",
         passed=not mismatched,
@@ -219,21 +224,6 @@ def generated_images(
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"failure_rate": rate, "threshold": config.max_failure_rate},
     )
-
-
-def _mismatched_copies(store, df: pd.DataFrame) -> list[str]:
-    """Ids of success rows whose durable copy is missing or whose sha256 differs."""
-    import hashlib
-
-    bad = []
-    for row in df[df["state"] == "success"].itertuples():
-        try:
-            ok = hashlib.sha256(store.read_bytes(row.image_uri)).hexdigest() == row.sha256
-        except (FileNotFoundError, OSError):
-            ok = False
-        if not ok:
-            bad.append(str(row.id))
-    return bad
 
 
 @dg.asset(
@@ -268,7 +258,7 @@ def image_catalog(
     asset=image_catalog, description="Every success row's durable copy exists and its sha256 matches."
 )
 def catalog_copies_match(image_catalog: pd.DataFrame, dataset: DatasetResource) -> dg.AssetCheckResult:
-    mismatched = _mismatched_copies(dataset.task_store(), image_catalog)
+    mismatched = mismatched_copies(dataset.task_store(), image_catalog)
     return dg.AssetCheckResult(
         passed=not mismatched,
         metadata={

@@ -55,8 +55,11 @@ def _status_error(status: int, url: str) -> KieDownloadError:
     return err
 
 
-def write_bytes(dest: str, data: bytes) -> None:
-    """Write ``data`` to a local path or fsspec URL so that a reader never sees a partial file."""
+def write_bytes(dest: str, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to a local path or fsspec URL so that a reader never sees a partial file.
+
+    ``fsync=False`` survives a killed process but not a lost machine; call :func:`fsync_file` later.
+    """
     fs, path = fsspec.core.url_to_fs(dest)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
@@ -66,12 +69,24 @@ def write_bytes(dest: str, data: bytes) -> None:
         with fs.open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)  # atomic on a local filesystem
     else:
         # Object stores (S3, GCS, ...) publish an object only when its upload completes.
         with fs.open(path, "wb") as fh:
             fh.write(data)
+
+
+def fsync_file(dest: str) -> None:
+    """Flush a local file written with ``fsync=False`` to disk (object stores need nothing)."""
+    fs, path = fsspec.core.url_to_fs(dest)
+    if "file" in fs.protocol or fs.protocol == "local":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 async def save(fetched: FetchedFile, dest: str) -> DownloadResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import Iterable
 
@@ -99,3 +100,16 @@ def thumbnail_markdown(store: TaskStore, rows: pd.DataFrame, *, limit: int = 6, 
         prompt = str(row.prompt).replace("|", "/").replace("\n", " ")[:60]
         cells.append(f"| ![{row.id}](data:image/jpeg;base64,{data}) | `{row.id}` | {prompt} |")
     return "| image | id | prompt |\n|---|---|---|\n" + "\n".join(cells)
+
+
+def mismatched_copies(store: TaskStore, df: pd.DataFrame) -> list[str]:
+    """Ids of success rows whose durable copy is missing or whose sha256 differs."""
+    bad = []
+    for row in df[df["state"] == "success"].itertuples():
+        try:
+            ok = hashlib.sha256(store.read_bytes(row.image_uri)).hexdigest() == row.sha256
+        except OSError:
+            ok = False
+        if not ok:
+            bad.append(str(row.id))
+    return bad

@@ -111,10 +111,10 @@ class _Batch:
     async def save(self, rec: dict[str, Any]) -> None:
         await asyncio.to_thread(self.save_now, rec)
 
-    def save_now(self, rec: dict[str, Any]) -> None:
+    def save_now(self, rec: dict[str, Any], *, fsync: bool = True) -> None:
         rec["updated_at"] = _now()
         try:
-            self.store.save(rec["key"], rec)
+            self.store.save(rec["key"], rec, fsync=fsync)
         except OSError as exc:
             task = f" (task {rec['task_id']} was created and must not be lost)" if rec.get("task_id") else ""
             self.stop(f"the store {self.store.root} is not writable: {exc}{task}")
@@ -168,8 +168,10 @@ class _Batch:
         try:
             # Written synchronously, with no await between Kie's answer and the record: the only
             # window in which a kill loses a paid task is the answer's own trip over the network
-            # (Kie has no idempotency key and no task listing to close it).
-            self.save_now(rec)
+            # (Kie has no idempotency key and no task listing to close it). The fsync, which only
+            # a lost machine needs, happens off the event loop right after.
+            self.save_now(rec, fsync=False)
+            await asyncio.to_thread(self.store.fsync, rec["key"])
         except OSError:
             self.results[row["id"]] = _result(row, rec, "STORE_ERROR", self.stop_reason or "store error")
             return None
@@ -284,12 +286,15 @@ class _Batch:
     async def run(self, rows: list[dict[str, Any]]) -> None:
         self.summary.rows = len(rows)
         existing = await asyncio.to_thread(self.store.load_many, [r["request_key"] for r in rows])
+        done_uris = [r["image"]["uri"] for r in existing.values() if r.get("status") == "success"]
+        # One trip off the event loop for every existence check, not one per row.
+        on_disk = await asyncio.to_thread(lambda: {u for u in done_uris if self.store.exists(u)})
         waiters: list[asyncio.Task[None]] = []
         queue: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         for row in rows:
             rec = existing.get(row["request_key"])
             status = (rec or {}).get("status")
-            if status == "success" and await asyncio.to_thread(self.store.exists, rec["image"]["uri"]):
+            if status == "success" and rec["image"]["uri"] in on_disk:
                 self.summary.reused += 1
                 self.results[row["id"]] = _result(row, rec, None, None)
             elif rec and rec.get("task_id") and status != "fail":

@@ -16,7 +16,7 @@ from typing import Any
 
 import fsspec
 
-from kie_pipeline.client.download import write_bytes
+from kie_pipeline.client.download import fsync_file, write_bytes
 
 
 def join(root: str, *parts: str) -> str:
@@ -48,9 +48,14 @@ class TaskStore:
         found = self.fs.cat(list(paths), on_error="omit")
         return {paths[p]: json.loads(data) for p, data in found.items()}
 
-    def save(self, key: str, record: dict[str, Any]) -> None:
+    def save(self, key: str, record: dict[str, Any], *, fsync: bool = True) -> None:
         """Write a record whole. Raises OSError when the store is not writable."""
-        write_bytes(self.record_uri(key), json.dumps(record, sort_keys=True, default=str).encode())
+        data = json.dumps(record, sort_keys=True, default=str).encode()
+        write_bytes(self.record_uri(key), data, fsync=fsync)
+
+    def fsync(self, key: str) -> None:
+        """Flush a record saved with ``fsync=False`` to disk."""
+        fsync_file(self.record_uri(key))
 
     def exists(self, uri: str) -> bool:
         return bool(self.fs.exists(self._path(uri)))
