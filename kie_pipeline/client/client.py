@@ -31,7 +31,7 @@ from .validation import validate_input
 
 DEFAULT_BASE_URL = "https://api.kie.ai"
 #: Connections per client (API and file hosts each); more requests than this wait their turn.
-MAX_CONNECTIONS = 32
+MAX_CONNECTIONS = 16
 
 
 class _Secret:
