@@ -2,13 +2,10 @@
 dataset of AI-generated images through the Kie.ai API.
 
 - :mod:`kie_pipeline.client`: the Kie API client (its modules import no Dagster).
-- :mod:`kie_pipeline.pipeline`: manifests, the durable store, generation and the catalog.
-- :mod:`kie_pipeline.emulator`: a local emulator of the Kie API.
-- :mod:`kie_pipeline.definitions`: the Dagster definitions.
+- :mod:`kie_pipeline.pipeline`: manifests, the durable store, generation and the catalog (no Dagster).
+- :mod:`kie_pipeline.emulator`: a local emulator of the Kie API (no Dagster).
+- :mod:`kie_pipeline.definitions`: the Dagster definitions (``dagster dev -m kie_pipeline.definitions``).
 
-``defs`` is exported here so that ``dagster ... -m kie_pipeline`` finds it.
+This module imports nothing: importing the client, the emulator or the pipeline core must not import
+Dagster, read ``KIE_*`` or build the definitions.
 """
-
-from .definitions import defs
-
-__all__ = ["defs"]

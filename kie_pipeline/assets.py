@@ -11,14 +11,16 @@ from upath import UPath
 
 from kie_pipeline.client import AsyncKieClient, KieAuthError, KieError
 from kie_pipeline.pipeline.catalog import (
-    COLUMN_DESCRIPTIONS,
     build_catalog,
     mismatched_copies,
+    missing_copies,
     thumbnail_markdown,
     typed,
 )
 from kie_pipeline.pipeline.generation import BatchSummary, SystemicError, generate_batch
+from kie_pipeline.pipeline.lease import BatchLeaseHeld
 from kie_pipeline.pipeline.manifest import ManifestError, load_manifest
+from kie_pipeline.pipeline.schema import COLUMN_DESCRIPTIONS
 
 from .partitions import batches
 from .resources import DatasetResource, KieResource
@@ -36,20 +38,49 @@ def column_schema(df: pd.DataFrame) -> dg.TableSchema:
     )
 
 
-def _previous_keys(dataset: DatasetResource) -> dict[str, set[str]]:
-    """Request keys per batch in the last manifest snapshot (to find batches that changed)."""
+def _read_snapshot(dataset: DatasetResource, columns: list[str]) -> pd.DataFrame | None:
+    """Columns of the last ``prompt_manifest`` table, or None before the first one."""
     path = UPath(dataset.store) / "prompt_manifest.parquet"
     try:
         with path.open("rb") as fh:
-            prev = pd.read_parquet(fh, columns=["batch", "request_key"])
+            return pd.read_parquet(fh, columns=columns)
     except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def _previous_keys(dataset: DatasetResource) -> dict[str, set[str]]:
+    """Request keys per batch in the last manifest snapshot (to find batches that changed)."""
+    prev = _read_snapshot(dataset, ["batch", "request_key"])
+    if prev is None:
         return {}
     return {str(b): set(g["request_key"]) for b, g in prev.groupby("batch")}
 
 
+def snapshot_batches(dataset: DatasetResource) -> set[str]:
+    """The batches of the last ``prompt_manifest`` table (what ``generated_images`` can generate)."""
+    prev = _read_snapshot(dataset, ["batch"])
+    return set() if prev is None else set(prev["batch"].astype(str))
+
+
+def sync_partitions(instance: dg.DagsterInstance, current: list[str]) -> tuple[list[str], list[str]]:
+    """Make the ``batches`` partitions the manifest's batches; returns (added, removed).
+
+    A removed batch loses its partition (so schedules, backfills and the catalog no longer see it)
+    but keeps its table, task records and images in the store: adding it back reuses all of them.
+    """
+    known = set(instance.get_dynamic_partitions(batches.name))
+    new = [b for b in current if b not in known]
+    removed = sorted(known - set(current))
+    if new:
+        instance.add_dynamic_partitions(batches.name, new)
+    for key in removed:
+        instance.delete_dynamic_partition(batches.name, key)
+    return new, removed
+
+
 @dg.asset(io_manager_key="parquet_io", kinds={"pandas", "parquet"}, group_name="kie")
 def prompt_manifest(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.Output[pd.DataFrame]:
-    """The validated, normalized manifest; registers one ``batches`` partition per batch value.
+    """The validated, normalized manifest; keeps one ``batches`` partition per batch value.
 
     Any invalid row fails this asset with a message that names every bad row and field, so nothing
     downstream is submitted.
@@ -59,10 +90,7 @@ def prompt_manifest(context: dg.AssetExecutionContext, dataset: DatasetResource)
     except ManifestError as exc:
         raise dg.Failure(description=str(exc), metadata={"problems": len(exc.problems)}) from None
     all_batches = sorted(df["batch"].unique())
-    known = set(context.instance.get_dynamic_partitions(batches.name))
-    new = [b for b in all_batches if b not in known]
-    if new:
-        context.instance.add_dynamic_partitions(batches.name, new)
+    new, removed = sync_partitions(context.instance, all_batches)
     previous = _previous_keys(dataset)
     changed = [b for b, g in df.groupby("batch") if set(g["request_key"]) != previous.get(str(b))]
     preview = df[["id", "batch", "model", "prompt"]].head(10).copy()
@@ -75,6 +103,7 @@ def prompt_manifest(context: dg.AssetExecutionContext, dataset: DatasetResource)
             "rows": len(df),
             "batches": len(all_batches),
             "new_batches": dg.MetadataValue.json(new),
+            "removed_batches": dg.MetadataValue.json(removed),
             "changed_batches": dg.MetadataValue.json(sorted(map(str, changed))),
             "manifest": dataset.manifest,
             "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
@@ -92,20 +121,47 @@ class GenerateConfig(dg.Config):
     submitters: int = Field(
         default=4, description="Concurrent createTask callers (all share the rate limit)."
     )
+    regenerate_expired: bool = Field(
+        default=False,
+        description="Pay for a new generation of rows whose result expired at Kie before it was copied "
+        "(off by default: a new task costs credits again).",
+    )
+    progress_interval_s: float = Field(
+        default=10.0, description="Seconds between progress lines in the run's log."
+    )
+    prices: dict[str, dict[str, float]] | None = Field(
+        default=None,
+        description="Credits per task by model and resolution, replacing the built-in estimate table "
+        "(kie_pipeline.client.pricing), e.g. {'nano-banana-pro': {'1K': 18, '2K': 18, '4K': 24}}.",
+    )
+
+
+#: Transient failures (Kie or the network down) are retried by Dagster with backoff; a resumed run
+#: costs nothing for finished rows. A refused key or missing credits fail at once (no retry).
+GENERATION_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=3, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 
 
 async def _generate(
-    client: AsyncKieClient, dataset: DatasetResource, rows: pd.DataFrame, config: GenerateConfig, log: Any
-):
-    async def credits() -> float | None:
+    client: AsyncKieClient,
+    dataset: DatasetResource,
+    rows: pd.DataFrame,
+    config: GenerateConfig,
+    log: Any,
+    run_id: str,
+) -> tuple[pd.DataFrame | None, BatchSummary, SystemicError | None, float | None]:
+    async def balance(*, first: bool) -> float | None:
         try:
             return await client.get_credits()
         except KieAuthError:
-            raise  # a refused key: fail before any task is attempted
+            if first:
+                raise  # a refused key: fail before any task is attempted
+            return None
         except KieError:
             return None
 
-    before = await credits()
+    await balance(first=True)
     try:
         df, summary = await generate_batch(
             client,
@@ -113,31 +169,61 @@ async def _generate(
             rows,
             submitters=config.submitters,
             max_consecutive_failures=config.max_consecutive_failures,
+            regenerate_expired=config.regenerate_expired,
+            prices=config.prices,
             progress=log.info,
+            progress_interval=config.progress_interval_s,
+            lease_owner=f"Dagster run {run_id}",
         )
         error = None
     except SystemicError as exc:
         df, summary, error = None, exc.summary, exc
-    after = await credits()
-    used = before - after if before is not None and after is not None else None
-    return df, summary, error, used
+    return df, summary, error, await balance(first=False)
+
+
+def _what_was_recorded(summary: BatchSummary, store: str) -> str:
+    """Exactly what a stopped run did and did not record (never "everything" when it is not)."""
+    if not summary.unrecorded:
+        return f"Every task this run created ({summary.created}) is recorded under {store}/tasks."
+    ids = ", ".join(f"{e['id']} (task {e['task_id']})" for e in summary.unrecorded[:10])
+    where = (
+        f"saved to {summary.unrecorded_file}, which the next run of this batch adopts instead of "
+        "creating them again"
+        if summary.unrecorded_file
+        else "saved nowhere but this message and the metadata `unrecorded_tasks`"
+    )
+    return (
+        f"{summary.created} task(s) created; {summary.created - len(summary.unrecorded)} recorded under "
+        f"{store}/tasks; {len(summary.unrecorded)} NOT recorded there ({ids}): {where}."
+    )
 
 
 def _run_metadata(
-    summary: BatchSummary, usage: dict[str, int], credits_used: float | None, elapsed: float
+    summary: BatchSummary, usage: dict[str, int], balance: float | None, elapsed: float
 ) -> dict[str, Any]:
     return {
         "images_created": summary.created,
         "images_reused": summary.reused,
         "images_resumed": summary.resumed,
         "images_succeeded": summary.succeeded + summary.reused,
-        "images_failed": summary.failed + summary.timed_out + summary.download_failed,
+        "images_failed": summary.failed + summary.timed_out + summary.download_failed + summary.expired,
+        "results": summary.results,
         "timed_out": summary.timed_out,
         "download_failed": summary.download_failed,
+        "expired": summary.expired,
+        "regenerated_expired": summary.regenerated_expired,
+        "uncertain": summary.uncertain,
+        "resubmitted_uncertain": summary.resubmitted_uncertain,
         "not_submitted": summary.not_submitted,
         "expired_links_refreshed": summary.expired_links_refreshed,
+        "recovered_records": summary.recovered_records,
+        "adopted_unrecorded_tasks": summary.adopted,
         "fail_codes": dg.MetadataValue.json(dict(summary.fail_codes)),
-        "credits_used": credits_used,
+        # Credits of the tasks this run created: Kie's own figure where it gave one, else the
+        # price table's estimate. Never the balance difference, which counts other runs' spending.
+        "credits_used": summary.credits_used,
+        "credits_from_kie": summary.credits_from_kie,
+        "account_balance": balance,
         "polls": usage["polls"],
         "retries": usage["retries"],
         "rate_limited_429": usage["rate_limited"],
@@ -152,6 +238,7 @@ def _run_metadata(
     # One partition per run: each batch is retried, cancelled and reported on its own, and the
     # "kie" pool bounds how many batches talk to Kie at once (they share the account's limits).
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+    retry_policy=GENERATION_RETRY_POLICY,
     io_manager_key="parquet_io",
     kinds={"pandas", "parquet"},
     group_name="kie",
@@ -177,26 +264,37 @@ def generated_images(
     batch = context.partition_key
     rows = prompt_manifest[prompt_manifest["batch"] == batch]
     if rows.empty:
-        raise dg.Failure(description=f"Batch {batch!r} has no rows in the current manifest snapshot.")
+        raise dg.Failure(
+            description=f"Batch {batch!r} has no rows in the current manifest snapshot; "
+            "materialize prompt_manifest first.",
+            allow_retries=False,
+        )
     started = time.monotonic()
 
     async def run():
         async with kie.get_client() as client:
-            out = await _generate(client, dataset, rows, config, context.log)
+            out = await _generate(client, dataset, rows, config, context.log, context.run_id)
             return (*out, client.usage.as_dict())
 
     try:
-        df, summary, error, credits_used, usage = asyncio.run(run())
+        df, summary, error, balance, usage = asyncio.run(run())
     except KieAuthError as exc:
-        raise dg.Failure(description=f"{exc} No image was attempted.") from None
-    metadata = _run_metadata(summary, usage, credits_used, time.monotonic() - started)
+        raise dg.Failure(description=f"{exc} No image was attempted.", allow_retries=False) from None
+    except BatchLeaseHeld as exc:
+        raise dg.Failure(description=f"{exc} Nothing was submitted.", allow_retries=False) from None
+    metadata = _run_metadata(summary, usage, balance, time.monotonic() - started)
     if error is not None:
-        raise dg.Failure(
-            description=f"{str(error).rstrip('.')}. Everything already paid for is recorded under "
-            f"{dataset.store}/tasks; "
-            "fix the cause and re-materialize this partition to finish only what is missing.",
-            metadata=metadata,
+        then = (
+            "Dagster retries this run with backoff; a retry costs nothing for finished rows."
+            if error.retryable
+            else "Fix the cause and re-materialize this partition to finish only what is missing."
         )
+        raise dg.Failure(
+            description=f"{str(error).rstrip('.')}. {_what_was_recorded(summary, dataset.store)} {then}",
+            metadata={**metadata, "unrecorded_tasks": dg.MetadataValue.json(summary.unrecorded)},
+            allow_retries=error.retryable and not summary.unrecorded,
+        )
+    assert df is not None
     df = typed(df)
     store = dataset.task_store()
     yield dg.Output(
@@ -217,7 +315,8 @@ def generated_images(
             "mismatched": dg.MetadataValue.json(mismatched[:50]),
         },
     )
-    rate = float((df["state"] == "fail").mean()) if len(df) else 0.0
+    rows_per_request = df.drop_duplicates("id")
+    rate = float((rows_per_request["state"] != "success").mean()) if len(rows_per_request) else 0.0
     yield dg.AssetCheckResult(
         check_name="failure_rate_below_threshold",
         passed=rate <= config.max_failure_rate,
@@ -233,10 +332,23 @@ def generated_images(
     group_name="kie",
 )
 def image_catalog(
-    context: dg.AssetExecutionContext, generated_images: dict[str, pd.DataFrame], dataset: DatasetResource
+    context: dg.AssetExecutionContext,
+    generated_images: dict[str, pd.DataFrame],
+    prompt_manifest: pd.DataFrame,
+    dataset: DatasetResource,
 ) -> dg.Output[pd.DataFrame]:
-    """Every image of every batch in one Parquet table: ``{KIE_STORE}/image_catalog.parquet``."""
-    catalog = build_catalog(generated_images.values())
+    """Every result of every batch of the current manifest: ``{KIE_STORE}/image_catalog.parquet``.
+
+    Rows whose id and batch are no longer in the manifest (a removed or renamed batch, an id moved
+    to another batch) are left out; their files and task records stay in the store.
+    """
+    everything = build_catalog(generated_images.values())
+    current = pd.MultiIndex.from_frame(prompt_manifest[["batch", "id"]].astype("string"))
+    keep = pd.MultiIndex.from_frame(everything[["batch", "id"]]).isin(current)
+    catalog = everything[keep].reset_index(drop=True)
+    missing = sorted(set(prompt_manifest["batch"].astype(str)) - set(generated_images))
+    if missing:
+        context.log.info(f"Batches not generated yet (materialize generated_images for them): {missing}")
     by_state = catalog["state"].value_counts().to_dict()
     by_batch = catalog.groupby("batch")["state"].value_counts().unstack(fill_value=0)
     return dg.Output(
@@ -246,32 +358,45 @@ def image_catalog(
             "dagster/column_schema": column_schema(catalog),
             "rows": len(catalog),
             "batches": len(generated_images),
+            "batches_not_generated": dg.MetadataValue.json(missing),
+            "rows_left_out": int((~keep).sum()),
             "by_state": dg.MetadataValue.json({str(k): int(v) for k, v in by_state.items()}),
             "by_batch": dg.MetadataValue.md(by_batch.to_markdown()) if len(by_batch) else "",
             "total_bytes": int(catalog["bytes"].fillna(0).sum()),
+            "credits": float(catalog["credits"].fillna(0).sum()),
             "gallery": dg.MetadataValue.md(thumbnail_markdown(dataset.task_store(), catalog, limit=8)),
         },
     )
 
 
 @dg.asset_check(
-    asset=image_catalog, description="Every success row's durable copy exists and its sha256 matches."
+    asset=image_catalog,
+    description="Every success row's durable copy exists with the recorded size (one listing of the "
+    "store, no reads; each partition's check verified the sha256 when the copy was written).",
 )
 def catalog_copies_match(image_catalog: pd.DataFrame, dataset: DatasetResource) -> dg.AssetCheckResult:
-    mismatched = mismatched_copies(dataset.task_store(), image_catalog)
+    missing = missing_copies(dataset.task_store(), image_catalog)
     return dg.AssetCheckResult(
-        passed=not mismatched,
+        passed=not missing,
         metadata={
             "checked": int((image_catalog["state"] == "success").sum()),
-            "mismatched": dg.MetadataValue.json(mismatched[:50]),
+            "missing_or_wrong_size": dg.MetadataValue.json(missing[:50]),
         },
     )
 
 
-@dg.asset_check(asset=image_catalog, description="No id appears twice in the catalog.")
+@dg.asset_check(
+    asset=image_catalog,
+    blocking=True,
+    description="No result appears twice (id and result_index are unique); fails the run if one does.",
+)
 def catalog_ids_unique(image_catalog: pd.DataFrame) -> dg.AssetCheckResult:
-    dupes = image_catalog["id"][image_catalog["id"].duplicated()].tolist()
-    return dg.AssetCheckResult(passed=not dupes, metadata={"duplicates": dg.MetadataValue.json(dupes[:50])})
+    dupes = image_catalog[image_catalog.duplicated(["id", "result_index"])]["id"].tolist()
+    return dg.AssetCheckResult(
+        passed=not dupes,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"duplicates": dg.MetadataValue.json(dupes[:50])},
+    )
 
 
 __all__ = [
@@ -280,4 +405,6 @@ __all__ = [
     "generated_images",
     "image_catalog",
     "prompt_manifest",
+    "snapshot_batches",
+    "sync_partitions",
 ]

@@ -8,7 +8,7 @@ import fsspec
 
 from kie_pipeline.pipeline.manifest import ManifestError, load_manifest
 
-from .assets import generated_images, prompt_manifest
+from .assets import generated_images, prompt_manifest, snapshot_batches
 from .partitions import batches
 from .resources import DatasetResource
 
@@ -24,7 +24,8 @@ def _manifest_digest(path: str) -> str | None:
 @dg.sensor(
     target=[prompt_manifest, generated_images],
     minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
+    # It starts paid runs: off until a user turns it on (UI, or `dagster sensor start manifest_sensor`).
+    default_status=dg.DefaultSensorStatus.STOPPED,
 )
 def manifest_sensor(
     context: dg.SensorEvaluationContext, dataset: DatasetResource
@@ -78,11 +79,16 @@ def manifest_sensor(
 @dg.schedule(
     cron_schedule="0 2 * * *", target=generated_images, default_status=dg.DefaultScheduleStatus.STOPPED
 )
-def nightly_generation(context: dg.ScheduleEvaluationContext):
-    """Every night, one run per batch: retries failed rows and resumes unfinished ones.
+def nightly_generation(context: dg.ScheduleEvaluationContext, dataset: DatasetResource):
+    """Every night, one run per batch of the manifest snapshot: retries failed rows and resumes
+    unfinished ones. Rows already generated cost nothing (no createTask), so this is safe daily.
 
-    Rows already generated cost nothing (no createTask), so this is safe to run every day.
+    Batches no longer in the snapshot (removed from the manifest) are skipped: their data stays.
     """
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    for key in context.instance.get_dynamic_partitions(batches.name):
-        yield dg.RunRequest(run_key=f"nightly-{day}-{key}", partition_key=key)
+    current = snapshot_batches(dataset)
+    registered = context.instance.get_dynamic_partitions(batches.name)
+    keys = [key for key in registered if key in current]
+    if not keys:
+        return dg.SkipReason("No batch to generate: materialize prompt_manifest first.")
+    return [dg.RunRequest(run_key=f"nightly-{day}-{key}", partition_key=key) for key in keys]

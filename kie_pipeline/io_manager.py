@@ -1,9 +1,11 @@
 """Parquet tables under KIE_STORE through Dagster's UPathIOManager (local folders, S3, GCS, ...).
 
 ``{store}/prompt_manifest.parquet``, ``{store}/generated_images/{batch}.parquet`` and
-``{store}/image_catalog.parquet``.
+``{store}/image_catalog.parquet``. Tables are written whole and atomically, so a reader (or a run
+killed mid-write) sees the old table or the new one, never a partial file.
 """
 
+import io
 from typing import Any
 
 import dagster as dg
@@ -11,17 +13,35 @@ import pandas as pd
 from pydantic import Field
 from upath import UPath
 
+from kie_pipeline.pipeline.store import atomic_write
+
 
 class _ParquetUPathIOManager(dg.UPathIOManager):
     extension = ".parquet"
 
     def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
-        with path.open("wb") as fh:
-            obj.to_parquet(fh, index=False)
+        buf = io.BytesIO()
+        obj.to_parquet(buf, index=False)
+        atomic_write(path.fs, path.path, buf.getvalue())
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
         with path.open("rb") as fh:
             return pd.read_parquet(fh)
+
+    def load_partitions(self, context: dg.InputContext) -> dict[str, Any]:
+        # The base class hands back a bare value when exactly one partition is loaded; a
+        # downstream asset that reads "every batch" must get the same dict for one as for many.
+        loaded = super().load_partitions(context)
+        keys = context.asset_partition_keys
+        if len(keys) == 1:
+            return {} if loaded is None else {keys[0]: loaded}
+        return loaded
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        loaded = super().load_input(context)
+        if loaded is None and context.has_asset_key and context.has_asset_partitions:
+            return {}  # no partition registered yet: an empty dict, not None
+        return loaded
 
 
 class ParquetStoreIOManager(dg.ConfigurableIOManagerFactory):

@@ -49,7 +49,7 @@ class KieResource(dg.ConfigurableResource):
     def get_client(self) -> AsyncKieClient:
         """A new async client (use it as ``async with resource.get_client() as client``)."""
         if not self.api_key:
-            raise dg.Failure(description=MISSING_KEY_HELP)
+            raise dg.Failure(description=MISSING_KEY_HELP, allow_retries=False)
         return AsyncKieClient(
             self.api_key,
             self.base_url,

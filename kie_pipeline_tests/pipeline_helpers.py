@@ -55,18 +55,21 @@ class Pipeline:
             raise_on_error=raise_on_error,
         )  # fmt: skip
 
-    def batch(self, key: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+    def batch(self, key: str, raise_on_error: bool = True, **config: Any) -> dg.ExecuteInProcessResult:
+        """Materialize one partition; ``config`` sets GenerateConfig fields."""
+        run_config = {"ops": {"generated_images": {"config": config}}} if config else None
         return dg.materialize(
             ASSETS, selection=["generated_images"], partition_key=key, resources=self.resources,
-            instance=self.instance, raise_on_error=raise_on_error,
+            instance=self.instance, raise_on_error=raise_on_error, run_config=run_config,
         )  # fmt: skip
 
-    def catalog(self) -> dg.ExecuteInProcessResult:
+    def catalog(self, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
         return dg.materialize(
             [*ASSETS, *ASSET_CHECKS],
             selection=["image_catalog"],
             resources=self.resources,
             instance=self.instance,
+            raise_on_error=raise_on_error,
         )
 
     def all(self) -> pd.DataFrame:

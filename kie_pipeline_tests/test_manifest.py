@@ -55,7 +55,7 @@ def test_every_problem_is_listed_not_just_the_first() -> None:
     assert [(p.row, p.field) for p in info.value.problems] == [(1, "prompt"), (3, "aspect_ratio"), (4, "id")]
 
 
-@pytest.mark.parametrize("missing", ["id", "prompt", "batch"])
+@pytest.mark.parametrize("missing", ["id", "prompt"])
 def test_missing_required_columns(missing) -> None:
     with pytest.raises(ManifestError) as info:
         validate_manifest(rows({}).drop(columns=[missing]))

@@ -4,6 +4,7 @@ from .client import DEFAULT_BASE_URL, AsyncKieClient
 from .errors import (
     KieAuthError,
     KieBadRequestError,
+    KieCreateUncertainError,
     KieDownloadError,
     KieError,
     KieFeatureDisabledError,
@@ -20,6 +21,7 @@ from .errors import (
     KieValidationError,
 )
 from .models import DownloadResult, KieUsage, TaskRecord, TaskState
+from .pricing import PRICES, estimate_credits
 from .ratelimit import SlidingWindowLimiter
 from .sync import KieClient
 from .validation import NANO_BANANA_PRO, validate_input
@@ -27,11 +29,13 @@ from .validation import NANO_BANANA_PRO, validate_input
 __all__ = [
     "DEFAULT_BASE_URL",
     "NANO_BANANA_PRO",
+    "PRICES",
     "AsyncKieClient",
     "DownloadResult",
     "KieAuthError",
     "KieBadRequestError",
     "KieClient",
+    "KieCreateUncertainError",
     "KieDownloadError",
     "KieError",
     "KieFeatureDisabledError",
@@ -50,5 +54,6 @@ __all__ = [
     "SlidingWindowLimiter",
     "TaskRecord",
     "TaskState",
+    "estimate_credits",
     "validate_input",
 ]

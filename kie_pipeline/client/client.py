@@ -2,7 +2,8 @@
 
 One :class:`AsyncKieClient` can have hundreds of tasks in flight: requests share one
 ``httpx.AsyncClient``, createTask calls pass a sliding-window limiter (20 per 10 s by default) and
-polls another (10 per s), and every request retries retryable failures with backoff.
+polls another (10 per s), and every request retries retryable failures with backoff, except that a
+createTask is retried only when Kie cannot have created the task (see :meth:`AsyncKieClient.create_task`).
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ import httpx
 from .download import fetch as _fetch
 from .download import save as _save
 from .errors import (
+    KieCreateUncertainError,
     KieError,
     KieInsufficientCreditsError,
-    KieProtocolError,
     KieRateLimitError,
     KieTaskTimeoutError,
 )
 from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord
 from .ratelimit import SharedSlidingWindowLimiter, SlidingWindowLimiter, shared_limiter_path
-from .transport import retrying, transport_error, unwrap_response
+from .transport import created_task_id, retrying, transport_error, unwrap_response
 from .validation import validate_input
 
 DEFAULT_BASE_URL = "https://api.kie.ai"
@@ -156,7 +157,10 @@ class AsyncKieClient:
         limiter: Any | None = None,
         json: Any = None,
         params: dict[str, str] | None = None,
+        idempotent: bool = True,
     ) -> Any:
+        # ``idempotent=False`` turns every failure after which Kie may have run the request into
+        # KieCreateUncertainError, which the retry policy never retries (transport.py decides).
         async for attempt in retrying(
             attempts=self._attempts,
             initial=self._backoff[0],
@@ -170,9 +174,9 @@ class AsyncKieClient:
                     async with self._request_slots:
                         response = await self._http.request(method, path, json=json, params=params)
                 except httpx.HTTPError as exc:
-                    raise transport_error(exc, endpoint) from None
+                    raise transport_error(exc, endpoint, idempotent=idempotent) from None
                 try:
-                    return unwrap_response(response, endpoint)
+                    return unwrap_response(response, endpoint, idempotent=idempotent)
                 except KieRateLimitError as exc:
                     if limiter is not None and exc.retry_after:
                         limiter.pause(exc.retry_after)
@@ -187,7 +191,18 @@ class AsyncKieClient:
         callback_url: str | None = None,
         validate: bool = True,
     ) -> str:
-        """``POST /api/v1/jobs/createTask``; returns the task id. Validates ``input`` first."""
+        """``POST /api/v1/jobs/createTask``; returns the task id. Validates ``input`` first.
+
+        Kie has no idempotency key, so a createTask is retried only when Kie cannot have created the
+        task: the connection was never made (connect error or timeout, pool timeout) or Kie answered
+        with a retryable error (429, 5xx, 455, 408 as HTTP status or body ``code``).
+
+        Raises:
+            KieCreateUncertainError: the request may have reached Kie but no usable answer came back
+                (read/write timeout, connection dropped after sending, unreadable answer, success
+                without a taskId). The task may exist and be charged: never create it again blindly.
+            KieError: any other typed error (402 with the balance looked up, 401, 422, ...).
+        """
         if validate:
             input = validate_input(model, input)
         body: dict[str, Any] = {"model": model, "input": input}
@@ -195,19 +210,26 @@ class AsyncKieClient:
             body["callBackUrl"] = callback_url
         try:
             data = await self._call(
-                "POST", "/api/v1/jobs/createTask", "createTask", limiter=self.create_limiter, json=body
+                "POST",
+                "/api/v1/jobs/createTask",
+                "createTask",
+                limiter=self.create_limiter,
+                json=body,
+                idempotent=False,
             )
+            task_id = created_task_id(data)
         except KieInsufficientCreditsError as exc:
             self.usage.failures += 1
             raise exc.with_balance(await self._balance()) from None
+        except KieCreateUncertainError:
+            self.usage.failures += 1
+            self.usage.uncertain_creates += 1
+            raise
         except KieError:
             self.usage.failures += 1
             raise
-        task_id = data.get("taskId") if isinstance(data, dict) else None
-        if not task_id:
-            raise KieProtocolError("Kie createTask answered without a taskId.")
         self.usage.tasks_created += 1
-        return str(task_id)
+        return task_id
 
     async def _balance(self) -> float | None:
         try:

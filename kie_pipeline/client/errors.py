@@ -138,6 +138,29 @@ class KieTransportError(KieError):
     hint = "Check the network and KIE_BASE_URL."
 
 
+class KieCreateUncertainError(KieError):
+    """createTask ended without a usable answer after the request may have reached Kie.
+
+    Kie has no idempotency key, so a createTask that timed out while waiting for the answer, lost its
+    connection after sending, or got an unreadable answer may still have created (and charged for)
+    a task. The client never retries such a request; the caller decides what to do, e.g. look for
+    the task by its callback or in Kie's dashboard, or accept the risk of paying twice.
+    """
+
+    retryable = False
+    hint = (
+        "Kie may have created the task (and charged for it): do not create it again blindly. "
+        "Check for it first (callback, Kie's task log); create it again only if paying twice is acceptable."
+    )
+
+    def __init__(self, reason: str, *, endpoint: str = "createTask") -> None:
+        #: What went wrong: the httpx error's name (``"ReadTimeout"``, ``"WriteError"``,
+        #: ``"RemoteProtocolError"``, ...), ``"unreadable HTTP 200 answer"``, ``"non-numeric code ..."``,
+        #: ``"success without a taskId"`` or ``"HTTP 504 from a gateway"``.
+        self.reason = reason
+        super().__init__(f"Kie {endpoint} ended without a usable answer ({reason}).", code=None)
+
+
 class KieTaskTimeoutError(KieError):
     """``wait`` gave up before the task reached a terminal state; the task may still finish."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -34,6 +35,21 @@ def _ms_to_datetime(value: Any) -> datetime | None:
         return None
 
 
+def _credits(data: dict[str, Any]) -> float | None:
+    """Kie's own figure of credits consumed, under either documented key; None if absent or unreadable."""
+    for key in ("consumeCredits", "creditsConsumed"):
+        value = data.get(key)
+        if value is None or value == "" or isinstance(value, bool):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            return number
+    return None
+
+
 def _decode_json_string(value: Any, name: str) -> Any:
     """``param`` and ``resultJson`` are JSON strings; accept an already-decoded object too."""
     if value in (None, ""):
@@ -61,6 +77,9 @@ class TaskRecord:
     create_time: datetime | None = None
     complete_time: datetime | None = None
     update_time: datetime | None = None
+    #: Credits Kie says the task consumed (``consumeCredits``, on some models ``creditsConsumed``);
+    #: None when the record does not say (recordInfo often does not; callbacks may).
+    credits: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,7 +110,7 @@ class TaskRecord:
         cost = data.get("costTime")
         known = {
             "taskId", "task_id", "model", "state", "param", "resultJson", "failCode", "failMsg",
-            "costTime", "completeTime", "createTime", "updateTime",
+            "costTime", "completeTime", "createTime", "updateTime", "consumeCredits", "creditsConsumed",
         }  # fmt: skip
         fail_code = data.get("failCode")
         return cls(
@@ -106,6 +125,7 @@ class TaskRecord:
             create_time=_ms_to_datetime(data.get("createTime")),
             complete_time=_ms_to_datetime(data.get("completeTime")),
             update_time=_ms_to_datetime(data.get("updateTime")),
+            credits=_credits(data),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -119,6 +139,8 @@ class KieUsage:
     retries: int = 0
     rate_limited: int = 0
     failures: int = 0
+    #: createTask calls that ended in KieCreateUncertainError (a task may exist that we have no id for).
+    uncertain_creates: int = 0
     downloads: int = 0
     bytes_downloaded: int = 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import FAIL_MARKER, STUCK_MARKER, EmulatorConfig, Faults
+from .config import FAIL_MARKER, RETENTION_SECONDS, STUCK_MARKER, EmulatorConfig, Faults
 from .server import serve
 
 
@@ -26,6 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-limit", type=int, default=10, help="recordInfo calls per second")
     p.add_argument("--render-scale", type=float, default=1.0, help="1.0: 1K images are 1024 px")
     p.add_argument("--result-url-ttl", type=float, default=24 * 3600.0, help="seconds before result URLs 404")
+    p.add_argument(
+        "--retention",
+        type=float,
+        default=RETENTION_SECONDS,
+        help="seconds after completion until a task's files 404 and download-url refuses them (Kie: 14 days)",
+    )
+    p.add_argument("--results-per-task", type=int, default=1, help="result URLs per successful task")
+    p.add_argument(
+        "--credits-in-record",
+        action="store_true",
+        help="put consumeCredits/remainedCredits in recordInfo too",
+    )
+    p.add_argument("--chunked-files", action="store_true", help="send result files without Content-Length")
     p.add_argument("--error-style", choices=("http", "body"), default="http")
     p.add_argument("--fault-500", type=float, default=0.0)
     p.add_argument("--fault-429", type=float, default=0.0)
@@ -33,11 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-malformed", type=float, default=0.0)
     p.add_argument("--fault-slow", type=float, default=0.0)
     p.add_argument("--slow-seconds", type=float, default=30.0)
+    p.add_argument(
+        "--fault-lost-answer",
+        type=float,
+        default=0.0,
+        help="fraction of createTask requests whose task is created and charged, then the answer lost",
+    )
+    p.add_argument(
+        "--lost-answer-mode",
+        choices=("drop", "hold"),
+        default="drop",
+        help="drop: hang up without answering; hold: answer after --slow-seconds",
+    )
+    p.add_argument(
+        "--lost-answer-count", type=int, default=0, help="the next N created tasks lose their answer"
+    )
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    a = build_parser().parse_args(argv)
+def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, EmulatorConfig]:
+    """The parsed command line and the emulator settings it describes."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.results_per_task < 1:
+        parser.error("--results-per-task must be at least 1")
     lo, hi = (float(x) for x in a.latency.split(","))
     config = EmulatorConfig(
         api_key=a.api_key,
@@ -49,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         poll_limit=a.poll_limit,
         render_scale=a.render_scale,
         result_url_ttl=a.result_url_ttl,
+        retention=a.retention,
+        results_per_task=a.results_per_task,
+        credits_in_record=a.credits_in_record,
+        chunked_files=a.chunked_files,
         error_style=a.error_style,
         faults=Faults(
             error_500=a.fault_500,
@@ -57,8 +93,17 @@ def main(argv: list[str] | None = None) -> None:
             malformed=a.fault_malformed,
             slow=a.fault_slow,
             slow_seconds=a.slow_seconds,
+            lost_answer=a.fault_lost_answer,
+            lost_answer_mode=a.lost_answer_mode,
+            lost_answer_count=a.lost_answer_count,
         ),
     )
+    return a, config
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and serve the emulator in the foreground."""
+    a, config = config_from_args(argv)
     print(f"Kie emulator on http://{a.host}:{a.port} (key {a.api_key!r}, balance {a.balance})", flush=True)
     serve(config, a.host, a.port)
 

@@ -5,11 +5,15 @@
   no auth, 404 once expired).
 - ``GET /emulator/stats`` and ``POST /emulator/config`` (counters and run-time settings, for tests and
   benchmarks; the server binds to loopback only).
+
+Result files are kept ``retention`` seconds after completion (Kie: 14 days); after that they answer 404
+and download-url refuses them with code 404.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import Any
@@ -17,15 +21,20 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .render import render
 from .state import Emulator, Task
 
 ASPECT_RATIOS = {"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9", "auto"}
 SUPPORTED_MODELS = {"nano-banana-pro"}
+CREATE_PATH = "/api/v1/jobs/createTask"
+#: Scope key through which the createTask handler tells FaultInjection to lose its answer.
+LOST_ANSWER_KEY = "kie_emulator.lost_answer"
+#: Chunk size of streamed (chunked) result files.
+FILE_CHUNK = 4096
 
 
 def _error(emu: Emulator, code: int, msg: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -76,6 +85,7 @@ def build_app(emu: Emulator) -> Starlette:
     async def create_task(request: Request) -> Response:
         if not _authorized(emu, request):
             return _error(emu, 401, "You do not have access permissions")
+        emu.arrive_create()
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -102,6 +112,10 @@ def build_app(emu: Emulator) -> Starlette:
             asyncio.get_running_loop().create_task(
                 _send_callback(emu, created, body["callBackUrl"], _base(request))
             )
+        # The task exists and is charged; FaultInjection may now lose the answer (lost_answer fault).
+        holder = request.scope.get(LOST_ANSWER_KEY)
+        if isinstance(holder, dict):
+            holder["mode"] = emu.draw_lost_answer()
         return _ok({"taskId": created.task_id})
 
     async def record_info(request: Request) -> Response:
@@ -136,6 +150,8 @@ def build_app(emu: Emulator) -> Starlette:
         if not str(url).startswith(_base(request)) or entry is None:
             return _error(emu, 422, "url: only Kie-generated result URLs are supported")
         task = emu.tasks[entry.task_id]
+        if task.expired(time.monotonic(), emu.config.retention):
+            return _error(emu, 404, "file has expired: Kie keeps generated files for a limited time")
         fresh = emu.new_token(task.task_id, entry.index, emu.config.download_url_ttl)
         ext = "jpg" if task.input.get("output_format") == "jpg" else "png"
         return _ok(f"{_base(request)}/files/{fresh}.{ext}")
@@ -143,9 +159,12 @@ def build_app(emu: Emulator) -> Starlette:
     async def files(request: Request) -> Response:
         name = request.path_params["name"]
         entry = emu.tokens.get(name.split(".", 1)[0])
-        if entry is None or time.monotonic() > entry.expires_mono:
+        now = time.monotonic()
+        if entry is None or now > entry.expires_mono:
             return Response("Not Found", status_code=404, media_type="text/plain")
         task = emu.tasks[entry.task_id]
+        if task.expired(now, emu.config.retention):
+            return Response("Not Found", status_code=404, media_type="text/plain")
         inp = task.input
         fmt = "jpg" if inp.get("output_format") == "jpg" else "png"
         data = await asyncio.to_thread(
@@ -156,11 +175,17 @@ def build_app(emu: Emulator) -> Starlette:
             str(inp.get("resolution", "1K")),
             fmt,
             emu.config.render_scale,
+            entry.index,
         )
         emu.stats.downloads += 1
         if "authorization" in request.headers:
             emu.stats.downloads_with_auth += 1
-        return Response(data, media_type="image/jpeg" if fmt == "jpg" else "image/png")
+        media_type = "image/jpeg" if fmt == "jpg" else "image/png"
+        if emu.config.chunked_files:
+            # No Content-Length: the client can only enforce its size cap while streaming.
+            chunks = [data[i : i + FILE_CHUNK] for i in range(0, len(data), FILE_CHUNK)]
+            return StreamingResponse(_iterate(chunks), media_type=media_type)
+        return Response(data, media_type=media_type)
 
     async def stats(request: Request) -> Response:
         return JSONResponse(emu.snapshot())
@@ -184,6 +209,11 @@ def build_app(emu: Emulator) -> Starlette:
     return Starlette(routes=routes)
 
 
+async def _iterate(chunks: list[bytes]) -> Any:
+    for chunk in chunks:
+        yield chunk
+
+
 def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
@@ -195,7 +225,8 @@ async def _send_callback(emu: Emulator, task: Task, url: str, base_url: str) -> 
     # asyncio may wake a hair early: wait until the task really is terminal.
     while task.state_at(time.monotonic()) not in ("success", "fail"):
         await asyncio.sleep(max(0.005, task.completed_at() - time.monotonic()))
-    record = emu.record(task, base_url)
+    # Callbacks carry Kie's credit figures (recordInfo only when credits_in_record is on).
+    record = {**emu.record(task, base_url), **emu.credit_fields(task)}
     payload = {"code": 200 if record["state"] == "success" else 501, "msg": "success", "data": record}
     async with httpx.AsyncClient(timeout=15) as client:
         for _ in range(3):
@@ -225,9 +256,13 @@ _FORCED_MESSAGES = {
 
 
 class FaultInjection:
-    """ASGI middleware that makes a fraction of API requests fail, before the handler sees them.
+    """ASGI middleware that makes a fraction of API requests fail.
 
-    Faults strike before the request is processed, so a failed createTask never creates a task.
+    The usual faults strike before the handler sees the request, so a failed createTask never creates
+    a task ("slow" reads the request, waits, then handles it: the task is created even if the client
+    has given up). The lost-answer fault strikes after: the createTask handler creates the task and marks
+    the request, and this middleware then loses the answer ("drop": hang up with no response;
+    "hold": answer only after ``slow_seconds``).
     """
 
     def __init__(self, app: ASGIApp, emu: Emulator) -> None:
@@ -240,14 +275,22 @@ class FaultInjection:
             return
         fault = self.emu.draw_fault()
         if fault is None:
+            if scope["path"] == CREATE_PATH:
+                # A holder object, not a flag: it survives any copying of the scope downstream.
+                holder: dict[str, str | None] = {}
+                scope = {**scope, LOST_ANSWER_KEY: holder}
+                send = self._answer_sender(holder, receive, send)
             await self.app(scope, receive, send)
         elif isinstance(fault, int):
             msg = _FORCED_MESSAGES.get(fault, "Forced error")
             headers = {"Retry-After": "1"} if fault == 429 else None
             await _error(self.emu, fault, msg, headers)(scope, receive, send)
         elif fault == "slow":
+            # Read the request first, as a server does before working on it: the request is then
+            # handled even if the client gives up meanwhile (uvicorn would drop an unread body).
+            received = await _read_request(receive)
             await asyncio.sleep(self.emu.config.faults.slow_seconds)
-            await self.app(scope, receive, send)
+            await self.app(scope, _replay(received, receive), send)
         elif fault == "error_500":
             await _error(self.emu, 500, "Internal server error")(scope, receive, send)
         elif fault == "error_429":
@@ -255,10 +298,71 @@ class FaultInjection:
         elif fault == "malformed":
             await Response('{"code": 200, "msg": "succ', media_type="application/json")(scope, receive, send)
         else:  # drop: announce a body, send part of it and hang up
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]}
-            )
-            await send({"type": "http.response.body", "body": b'{"code": 2', "more_body": False})
+            await _partial_answer(send)
+
+    def _answer_sender(self, holder: dict[str, str | None], receive: Receive, send: Send) -> Send:
+        """A ``send`` that forwards the answer unless the handler marked it as lost."""
+        emu = self.emu
+        dropped = False
+
+        async def sender(message: Message) -> None:
+            nonlocal dropped
+            mode = holder.get("mode")
+            if dropped:
+                return
+            if mode == "hold" and message["type"] == "http.response.start":
+                await asyncio.sleep(emu.config.faults.slow_seconds)
+            elif mode == "drop":
+                dropped = True
+                await _hang_up(send, receive)
+                return
+            await send(message)
+
+        return sender
+
+
+async def _read_request(receive: Receive) -> list[Message]:
+    """Every message of the request body."""
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return messages
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that first returns ``messages``, then defers to the real one."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+async def _partial_answer(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]})
+    await send({"type": "http.response.body", "body": b'{"code": 2', "more_body": False})
+
+
+async def _hang_up(send: Send, receive: Receive) -> None:
+    """Close the connection without sending any response.
+
+    ASGI has no message for that, so this reaches uvicorn's transport through the ``send`` it gave us
+    (a bound method of its request cycle). Without one, it falls back to a truncated answer, which a
+    client cannot tell from a lost one either.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None:
+        await _partial_answer(send)
+        return
+    transport.close()
+    # Wait until uvicorn has seen the disconnect, so it does not try to answer 500 on its own.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2.0):
+            while (await receive())["type"] != "http.disconnect":
+                pass
 
 
 def build_asgi(emu: Emulator) -> ASGIApp:

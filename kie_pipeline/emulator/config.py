@@ -9,11 +9,19 @@ from typing import Any, Literal
 FAIL_MARKER = "#kie-fail"
 #: A prompt containing this marker keeps the task in ``generating`` forever (for timeout tests).
 STUCK_MARKER = "#kie-stuck"
+#: How long Kie keeps generated media after a task completes (its getting-started page: 14 days).
+RETENTION_SECONDS = 14 * 24 * 3600.0
 
 
 @dataclass
 class Faults:
-    """Fractions of API requests that misbehave, each drawn independently (seeded)."""
+    """Fractions of API requests that misbehave, each drawn independently (seeded).
+
+    ``error_500``, ``error_429``, ``drop``, ``malformed`` and ``force_code`` strike before the request
+    is handled, so a faulted createTask creates nothing. ``slow`` delays the request, then handles it
+    even if the client has given up meanwhile. ``lost_answer*`` strike after: the task is created and
+    charged, then its answer is lost.
+    """
 
     error_500: float = 0.0
     error_429: float = 0.0
@@ -25,6 +33,13 @@ class Faults:
     #: Answer the next ``force_count`` API requests with this error code (any documented code).
     force_code: int | None = None
     force_count: int = 0
+    #: Fraction of createTask requests whose task IS created and charged and whose answer is lost.
+    lost_answer: float = 0.0
+    #: "drop": close the connection without any response; "hold": answer after ``slow_seconds``
+    #: (so that a client's read timeout fires first).
+    lost_answer_mode: Literal["drop", "hold"] = "drop"
+    #: The next ``lost_answer_count`` createTask requests that create a task lose their answer.
+    lost_answer_count: int = 0
 
 
 @dataclass
@@ -49,6 +64,14 @@ class EmulatorConfig:
     render_scale: float = 1.0
     #: "http": errors as HTTP statuses; "body": HTTP 200 with the error in the body's ``code``.
     error_style: Literal["http", "body"] = "http"
+    #: URLs in a successful task's ``resultUrls`` (Kie: "a task can return several"), each a distinct image.
+    results_per_task: int = 1
+    #: Seconds after completion that Kie keeps a task's files; then files 404 and download-url refuses.
+    retention: float = RETENTION_SECONDS
+    #: Also put ``consumeCredits``/``remainedCredits`` in recordInfo (callbacks always carry them).
+    credits_in_record: bool = False
+    #: Serve result files as a stream without Content-Length (chunked), to exercise streaming caps.
+    chunked_files: bool = False
     faults: Faults = field(default_factory=Faults)
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -61,9 +84,13 @@ class EmulatorConfig:
                 for fk, fv in value.items():
                     if not hasattr(self.faults, fk):
                         raise ValueError(f"unknown fault {fk!r}")
+                    if fk == "lost_answer_mode" and fv not in ("drop", "hold"):
+                        raise ValueError(f"lost_answer_mode must be 'drop' or 'hold', not {fv!r}")
                     setattr(self.faults, fk, fv)
             elif key == "latency":
                 lo, hi = value
                 self.latency = (float(lo), float(hi))
+            elif key == "results_per_task" and (not isinstance(value, int) or value < 1):
+                raise ValueError("results_per_task must be an integer >= 1")
             else:
                 setattr(self, key, value)

@@ -24,10 +24,16 @@ def image_size(aspect_ratio: str, resolution: str, scale: float = 1.0) -> tuple[
 
 
 @lru_cache(maxsize=64)
-def render(task_id: str, prompt: str, aspect_ratio: str, resolution: str, fmt: str, scale: float) -> bytes:
-    """Render a deterministic image for a task: a colour from its id and the prompt's text."""
+def render(
+    task_id: str, prompt: str, aspect_ratio: str, resolution: str, fmt: str, scale: float, index: int = 0
+) -> bytes:
+    """Render a deterministic image for a task's result ``index``: colours from both, the prompt's text.
+
+    Each result of a task gets its own colours and label, so the files of one task differ.
+    """
     width, height = image_size(aspect_ratio, resolution, scale)
-    seed = hashlib.sha256(task_id.encode()).digest()
+    # Index 0 keeps the seed of a one-result task, so earlier renders stay byte-identical.
+    seed = hashlib.sha256((task_id if index == 0 else f"{task_id}#{index}").encode()).digest()
     top = tuple(40 + b % 150 for b in seed[:3])
     bottom = tuple(40 + b % 150 for b in seed[3:6])
     img = Image.new("RGB", (width, height), top)
@@ -44,7 +50,8 @@ def render(task_id: str, prompt: str, aspect_ratio: str, resolution: str, fmt: s
     for line in lines:
         draw.text((font_size // 2, y), line, fill=(255, 255, 255), font=font)
         y += font_size + 4
-    draw.text((font_size // 2, height - font_size - 4), task_id[:12], fill=(230, 230, 230), font=font)
+    label = task_id[:12] if index == 0 else f"{task_id[:12]} #{index + 1}"
+    draw.text((font_size // 2, height - font_size - 4), label, fill=(230, 230, 230), font=font)
     buf = io.BytesIO()
     if fmt == "jpg":
         img.save(buf, format="JPEG", quality=85)

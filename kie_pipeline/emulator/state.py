@@ -24,7 +24,11 @@ class Task:
     duration: float
     fail: bool
     stuck: bool
-    result_token: str | None = None
+    #: Credits charged at creation (reported as consumeCredits).
+    cost: int = 0
+    #: How many result URLs the task returns (fixed at creation).
+    results: int = 1
+    result_tokens: list[str] | None = None
     callback_sent: bool = False
 
     @property
@@ -47,6 +51,10 @@ class Task:
     def completed_at(self) -> float:
         return self.created_mono + self.duration
 
+    def expired(self, now: float, retention: float) -> bool:
+        """Whether Kie would have deleted this task's files (``retention`` s after completion)."""
+        return now > self.completed_at() + retention
+
 
 @dataclass
 class FileToken:
@@ -67,7 +75,11 @@ class Stats:
     unauthorized: int = 0
     download_url_calls: int = 0
     credits_spent: int = 0
+    #: Most tasks created (accepted createTask calls) in any window of create_period.
     max_creates_in_window: int = 0
+    #: Most createTask requests that arrived (past auth, before the 429 check) in any such window:
+    #: the figure that shows whether a client kept to the limit.
+    max_create_arrivals_in_window: int = 0
 
 
 class Emulator:
@@ -80,6 +92,7 @@ class Emulator:
         self.stats = Stats()
         self.lock = threading.Lock()
         self._creates: deque[float] = deque()
+        self._arrivals: deque[float] = deque()
         self._polls: deque[float] = deque()
         self._rng = random.Random(self.config.faults.seed)
         self._fault_rng = random.Random(self.config.faults.seed)
@@ -94,6 +107,18 @@ class Emulator:
             return period - (now - stamps[0])
         stamps.append(now)
         return None
+
+    def arrive_create(self) -> None:
+        """Count a createTask request at arrival (after auth, before the rate limit is applied)."""
+        with self.lock:
+            now = time.monotonic()
+            period = self.config.create_period
+            while self._arrivals and now - self._arrivals[0] >= period:
+                self._arrivals.popleft()
+            self._arrivals.append(now)
+            self.stats.max_create_arrivals_in_window = max(
+                self.stats.max_create_arrivals_in_window, len(self._arrivals)
+            )
 
     def admit_create(self) -> float | None:
         with self.lock:
@@ -137,6 +162,8 @@ class Emulator:
                 duration=self._rng.uniform(lo, hi) if hi > lo else lo,
                 fail=FAIL_MARKER in prompt,
                 stuck=STUCK_MARKER in prompt,
+                cost=cost,
+                results=max(1, int(self.config.results_per_task)),
             )
             self.tasks[task.task_id] = task
             self.stats.created += 1
@@ -159,14 +186,16 @@ class Emulator:
         complete_ms = task.created_ms + int(task.duration * 1000) if done else None
         result_json = ""
         if state == "success":
-            if task.result_token is None:
-                task.result_token = self.new_token(
-                    task.task_id, 0, self.config.result_url_ttl, start=task.completed_at()
-                )
+            if task.result_tokens is None:
+                # One token per result, each valid result_url_ttl from completion.
+                task.result_tokens = [
+                    self.new_token(task.task_id, i, self.config.result_url_ttl, start=task.completed_at())
+                    for i in range(task.results)
+                ]
             ext = "jpg" if task.input.get("output_format") == "jpg" else "png"
-            url = f"{base_url.rstrip('/')}/files/{task.result_token}.{ext}"
-            result_json = json.dumps({"resultUrls": [url]})
-        return {
+            base = base_url.rstrip("/")
+            result_json = json.dumps({"resultUrls": [f"{base}/files/{t}.{ext}" for t in task.result_tokens]})
+        record = {
             "taskId": task.task_id,
             "model": task.model,
             "state": state,
@@ -181,6 +210,24 @@ class Emulator:
             "createTime": task.created_ms,
             "updateTime": complete_ms or task.created_ms,
         }
+        if self.config.credits_in_record:
+            record.update(self.credit_fields(task))
+        return record
+
+    def credit_fields(self, task: Task) -> dict[str, Any]:
+        """``consumeCredits``/``remainedCredits`` as Kie's callbacks carry them."""
+        return {"consumeCredits": task.cost, "remainedCredits": self.config.balance}
+
+    def draw_lost_answer(self) -> str | None:
+        """For a createTask that created a task: "drop"/"hold" if its answer is to be lost, else None."""
+        f = self.config.faults
+        with self.lock:
+            if f.lost_answer_count > 0:
+                f.lost_answer_count -= 1
+            elif not (f.lost_answer > 0 and self._fault_rng.random() < f.lost_answer):
+                return None
+            self.stats.faults["lost_answer"] += 1
+            return f.lost_answer_mode
 
     def draw_fault(self) -> str | int | None:
         """Pick at most one fault for a request: a forced code, or one by the configured fractions."""
@@ -221,4 +268,5 @@ class Emulator:
                 "credits_spent": s.credits_spent,
                 "balance": self.config.balance,
                 "max_creates_in_window": s.max_creates_in_window,
+                "max_create_arrivals_in_window": s.max_create_arrivals_in_window,
             }

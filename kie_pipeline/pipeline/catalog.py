@@ -10,52 +10,8 @@ from collections.abc import Iterable
 import pandas as pd
 from PIL import Image
 
+from .schema import CATALOG_DTYPES
 from .store import TaskStore
-
-#: The catalog's own columns and their pandas dtypes; the manifest's extra columns follow them.
-CATALOG_DTYPES: dict[str, str] = {
-    "id": "string",
-    "batch": "string",
-    "model": "string",
-    "prompt": "string",
-    "state": "string",
-    "task_id": "string",
-    "result_url": "string",
-    "image_uri": "string",
-    "sha256": "string",
-    "bytes": "Int64",
-    "width": "Int64",
-    "height": "Int64",
-    "format": "string",
-    "fail_code": "string",
-    "fail_msg": "string",
-    "cost_time_ms": "Int64",
-    "created_at": "datetime64[ms, UTC]",
-    "completed_at": "datetime64[ms, UTC]",
-    "submitted_at": "datetime64[ms, UTC]",
-    "request_key": "string",
-    "aspect_ratio": "string",
-    "resolution": "string",
-    "output_format": "string",
-    "image_input": "string",
-    "result_urls": "string",
-}
-
-COLUMN_DESCRIPTIONS: dict[str, str] = {
-    "id": "The manifest row's id",
-    "batch": "The manifest batch (partition key)",
-    "state": "success or fail",
-    "task_id": "Kie task id",
-    "result_url": "Kie's result URL (expires)",
-    "image_uri": "The durable copy under KIE_STORE",
-    "sha256": "sha256 of the durable copy",
-    "bytes": "Size of the durable copy",
-    "fail_code": "Kie failCode, or TIMEOUT / DOWNLOAD_FAILED / an HTTP code",
-    "cost_time_ms": "Kie's generation time",
-    "created_at": "Kie createTime",
-    "completed_at": "Kie completeTime",
-    "request_key": "Hash of id + model + input: the idempotency key",
-}
 
 
 def typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -73,12 +29,25 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_catalog(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
-    """One table of every image from the per-batch result tables, sorted by batch and id."""
+    """One table of every result from the per-batch result tables, sorted by batch, id and result.
+
+    The manifest's own columns keep their (nullable) dtype when every batch agrees on it. A column
+    whose dtype differs between batches (ints in one, text in another) becomes text in the catalog,
+    each value written as it reads, and missing values stay missing: one rule, never a crash.
+    """
     frames = [typed(p) for p in parts if p is not None and len(p)]
     if not frames:
         return typed(pd.DataFrame(columns=list(CATALOG_DTYPES)))
+    extras: dict[str, set[str]] = {}
+    for frame in frames:
+        for col in frame.columns:
+            if col not in CATALOG_DTYPES:
+                extras.setdefault(col, set()).add(str(frame[col].dtype))
+    mixed = [col for col, dtypes in extras.items() if len(dtypes) > 1]
+    if mixed:
+        frames = [f.astype({c: "string" for c in mixed if c in f.columns}) for f in frames]
     catalog = pd.concat(frames, ignore_index=True)
-    return catalog.sort_values(["batch", "id"], kind="stable").reset_index(drop=True)
+    return catalog.sort_values(["batch", "id", "result_index"], kind="stable").reset_index(drop=True)
 
 
 def thumbnail_markdown(store: TaskStore, rows: pd.DataFrame, *, limit: int = 6, size: int = 96) -> str:
@@ -102,8 +71,13 @@ def thumbnail_markdown(store: TaskStore, rows: pd.DataFrame, *, limit: int = 6, 
     return "| image | id | prompt |\n|---|---|---|\n" + "\n".join(cells)
 
 
+def _label(row: object) -> str:
+    index = getattr(row, "result_index", 0)
+    return str(row.id) if pd.isna(index) or int(index) == 0 else f"{row.id}#{int(index)}"
+
+
 def mismatched_copies(store: TaskStore, df: pd.DataFrame) -> list[str]:
-    """Ids of success rows whose durable copy is missing or whose sha256 differs."""
+    """Ids of success rows whose durable copy is missing or whose sha256 differs (reads every byte)."""
     bad = []
     for row in df[df["state"] == "success"].itertuples():
         try:
@@ -111,5 +85,20 @@ def mismatched_copies(store: TaskStore, df: pd.DataFrame) -> list[str]:
         except OSError:
             ok = False
         if not ok:
-            bad.append(str(row.id))
+            bad.append(_label(row))
+    return bad
+
+
+def missing_copies(store: TaskStore, df: pd.DataFrame) -> list[str]:
+    """Ids of success rows whose durable copy is missing or has the wrong size.
+
+    One listing of the image folder (one request per page on object stores), never a read of the
+    files: cheap at any dataset size. Hashes are verified per partition, when the copy is written.
+    """
+    sizes = store.image_sizes()
+    bad = []
+    for row in df[df["state"] == "success"].itertuples():
+        size = sizes.get(store.normalize(row.image_uri))
+        if size is None or pd.isna(row.bytes) or size != int(row.bytes):
+            bad.append(_label(row))
     return bad

@@ -1,8 +1,11 @@
-"""Generating one batch: submit (rate-limited), record at once, wait, download a durable copy.
+"""Generating one batch: submit (rate-limited), record at once, wait, download durable copies.
 
-Never pay twice: a row whose request key already has a record is never submitted again unless its
-task failed; a record is written as soon as createTask answers. Never lose what was paid for: a run
-stopped anywhere resumes from the records (tasks are polled, finished images are not re-downloaded).
+Never pay twice: an intent record is written before each createTask and the task id as soon as Kie
+answers; a row whose request key already has a task is never submitted again unless that task
+failed. A createTask whose answer was lost (Kie may or may not have created the task) is never
+retried within the run: the row ends ``uncertain`` and the next run submits it again, saying so.
+Never lose what was paid for: a run stopped anywhere resumes from the records (tasks are polled,
+finished copies are not downloaded again), and every result of a task is copied.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,15 +29,20 @@ from PIL import Image, UnidentifiedImageError
 from kie_pipeline.client import (
     AsyncKieClient,
     KieAuthError,
+    KieCreateUncertainError,
     KieDownloadError,
     KieError,
     KieInsufficientCreditsError,
+    KieNotFoundError,
     KieTaskTimeoutError,
     TaskRecord,
     TaskState,
+    estimate_credits,
 )
-from kie_pipeline.client.download import write_bytes
 
+from .lease import RowLeaseHeld, batch_lease, row_lease
+from .recovery import forget_unrecorded, load_unrecorded, recover_record, save_unrecorded
+from .schema import CATALOG_DTYPES, INTERNAL_MANIFEST_COLUMNS
 from .store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -42,21 +51,28 @@ log = logging.getLogger(__name__)
 EXPIRED_STATUSES = (403, 404, 410)
 _FORMAT_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 
+#: Record statuses. ``creating`` is the intent written before createTask; ``uncertain`` a createTask
+#: whose answer was lost; ``refused`` a createTask Kie refused (nothing was created).
+CREATING, SUBMITTED, UNCERTAIN, REFUSED = "creating", "submitted", "uncertain", "refused"
+SUCCESS, FAIL, TIMEOUT, DOWNLOAD_FAILED, EXPIRED = "success", "fail", "timeout", "download_failed", "expired"
+
 
 class SystemicError(RuntimeError):
     """The batch stopped for a reason that affects every row (auth, credits, store, mass failure).
 
-    Raised only after every task already created has been waited for and recorded.
+    Raised only after every task already created has been waited for and recorded. ``retryable``
+    says whether running again later may succeed (an outage) or needs a fix first (a key, credits).
     """
 
-    def __init__(self, message: str, summary: BatchSummary) -> None:
+    def __init__(self, message: str, summary: BatchSummary, *, retryable: bool) -> None:
         self.summary = summary
+        self.retryable = retryable
         super().__init__(message)
 
 
 @dataclass
 class BatchSummary:
-    """What one call of :func:`generate_batch` did."""
+    """What one call of :func:`generate_batch` did (counted per row, not per result)."""
 
     rows: int = 0
     created: int = 0
@@ -67,13 +83,27 @@ class BatchSummary:
     timed_out: int = 0
     download_failed: int = 0
     not_submitted: int = 0
+    uncertain: int = 0
+    resubmitted_uncertain: int = 0
+    expired: int = 0
+    regenerated_expired: int = 0
+    results: int = 0
     expired_links_refreshed: int = 0
+    credits_used: float = 0.0
+    credits_from_kie: int = 0
+    recovered_records: int = 0
+    adopted: int = 0
     fail_codes: Counter[str] = field(default_factory=Counter)
     stop_reason: str | None = None
+    #: Tasks created whose record could not be written: {id, request_key, task_id, ...}.
+    unrecorded: list[dict[str, Any]] = field(default_factory=list)
+    #: Where those were saved for the next run to adopt (None: nowhere but the log and metadata).
+    unrecorded_file: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "fail_codes"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("fail_codes", "unrecorded")}
         d["fail_codes"] = dict(self.fail_codes)
+        d["unrecorded"] = len(self.unrecorded)
         return d
 
 
@@ -85,6 +115,15 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
 
 
+def images_of(rec: Mapping[str, Any] | None) -> list[dict[str, Any] | None]:
+    """The durable copies of a record, one slot per result (records before 0.2 held one ``image``)."""
+    if not rec:
+        return []
+    if "images" in rec:
+        return list(rec["images"] or [])
+    return [rec["image"]] if rec.get("image") else []
+
+
 class _Batch:
     def __init__(
         self,
@@ -94,6 +133,8 @@ class _Batch:
         submitters: int,
         max_consecutive_failures: int,
         wait_timeout: float | None,
+        regenerate_expired: bool,
+        prices: Mapping[str, Any] | None,
         progress: Callable[[str], None],
     ) -> None:
         self.client = client
@@ -101,15 +142,22 @@ class _Batch:
         self.submitters = submitters
         self.max_consecutive_failures = max_consecutive_failures
         self.wait_timeout = wait_timeout
+        self.regenerate_expired = regenerate_expired
+        self.prices = prices
         self.progress = progress
         self.summary = BatchSummary()
         self.stop_reason: str | None = None
+        self.stop_retryable = False
         self.consecutive_failures = 0
-        self.results: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, list[dict[str, Any]]] = {}
+        self.in_flight = 0
+        self.finished = 0
+        self.created_keys: set[str] = set()
+        self.adopted_keys: set[str] = set()
 
     # -- records ---------------------------------------------------------------------------------
-    async def save(self, rec: dict[str, Any]) -> None:
-        await asyncio.to_thread(self.save_now, rec)
+    async def save(self, rec: dict[str, Any], *, fsync: bool = True) -> None:
+        await asyncio.to_thread(self.save_now, rec, fsync=fsync)
 
     def save_now(self, rec: dict[str, Any], *, fsync: bool = True) -> None:
         rec["updated_at"] = _now()
@@ -120,82 +168,191 @@ class _Batch:
             self.stop(f"the store {self.store.root} is not writable: {exc}{task}")
             raise
 
-    def stop(self, reason: str) -> None:
+    async def _save_quietly(self, rec: dict[str, Any]) -> None:
+        # On failure stop() has recorded why, with the task id in the message.
+        with contextlib.suppress(OSError):
+            await self.save(rec)
+
+    def stop(self, reason: str, *, retryable: bool = False) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stop_retryable = retryable
             self.progress(f"Stopping new submissions: {reason}")
+
+    def _count_failure(self, *, transient: bool) -> None:
+        self.consecutive_failures += 1
+        if self.max_consecutive_failures and self.consecutive_failures >= self.max_consecutive_failures:
+            what = "Kie or the network looks unavailable" if transient else "check the prompts"
+            self.stop(
+                f"{self.consecutive_failures} consecutive failures; {what} and Kie's status",
+                retryable=transient,
+            )
+
+    def _settle(self, row: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        self.results[row["id"]] = rows
+        self.finished += 1
+
+    def _fail(
+        self, row: dict[str, Any], rec: dict[str, Any] | None, code: str, msg: str, state: str = "fail"
+    ):
+        self._settle(row, [result_row(row, rec, 0, state=state, fail_code=code, fail_msg=msg)])
 
     # -- the row's life --------------------------------------------------------------------------
     async def create(self, row: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Create the row's task and record it at once; None when nothing was created."""
+        """Create the row's task under its row lease and record it at once; None if none was created.
+
+        Returns the record of a task another process created meanwhile (found under the lease), so
+        the caller waits for that one instead.
+        """
         if self.stop_reason:
             self.summary.not_submitted += 1
-            self.results[row["id"]] = _result(
-                row, None, "NOT_SUBMITTED", f"not submitted: {self.stop_reason}"
-            )
+            self._fail(row, previous, "NOT_SUBMITTED", f"not submitted: {self.stop_reason}")
             return None
         try:
-            task_id = await self.client.create_task(
-                row["model"], json.loads(row["input_json"]), validate=False
-            )
-        except (KieAuthError, KieInsufficientCreditsError) as exc:
-            self.stop(str(exc))
+            with row_lease(self.store, row["request_key"]):
+                # Re-read under the lease: another process may have created this row meanwhile.
+                current = await asyncio.to_thread(self.store.load, row["request_key"])
+                if current and current.get("task_id") and current.get("status") in (SUBMITTED, SUCCESS):
+                    self.summary.resumed += 1
+                    return current
+                return await self._create(row, current if current is not None else previous)
+        except RowLeaseHeld as exc:
             self.summary.not_submitted += 1
-            self.results[row["id"]] = _result(row, None, str(exc.code), str(exc))
+            self._fail(row, previous, "NOT_SUBMITTED", f"not submitted: {exc}")
             return None
-        except KieError as exc:
-            # Nothing was created, so nothing is recorded: the next run submits this row again.
-            self.summary.failed += 1
-            self.summary.fail_codes[str(exc.code or "ERROR")] += 1
-            self._count_failure()
-            self.results[row["id"]] = _result(row, None, str(exc.code or "ERROR"), str(exc))
-            return None
-        self.summary.created += 1
-        history = list((previous or {}).get("previous_task_ids", []))
-        if previous and previous.get("task_id"):
-            history.append(previous["task_id"])
-        rec = {
+
+    async def _create(self, row: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
+        inp = json.loads(row["input_json"])
+        prev = previous or {}
+        history = list(prev.get("previous_task_ids", []))
+        if prev.get("task_id"):
+            history.append(prev["task_id"])
+        rec: dict[str, Any] = {
             "key": row["request_key"],
             "id": row["id"],
             "batch": row["batch"],
             "model": row["model"],
-            "input": json.loads(row["input_json"]),
-            "task_id": task_id,
-            "status": "submitted",
-            "submitted_at": _now(),
+            "input": inp,
+            "task_id": None,
+            "status": CREATING,
+            "intent_at": _now(),
             "previous_task_ids": history,
+            "uncertain": list(prev.get("uncertain", [])),
         }
         try:
+            # The intent comes first: a run killed during createTask leaves it, so the next run
+            # knows this row may have been paid for (page cache survives a killed process).
+            await self.save(rec, fsync=False)
+        except OSError:
+            self.summary.not_submitted += 1
+            self._fail(row, previous, "STORE_ERROR", self.stop_reason or "store error")
+            return None
+        try:
+            task_id = await self.client.create_task(row["model"], inp, validate=False)
+        except KieCreateUncertainError as exc:
+            rec.update(status=UNCERTAIN, error=str(exc))
+            rec["uncertain"].append({"at": _now(), "reason": exc.reason})
+            self.summary.uncertain += 1
+            self.progress(
+                f"Row {row['id']!r} (request key {row['request_key']}): createTask's answer was lost "
+                f"({exc.reason}); Kie may have created the task. Not retried in this run; the next run "
+                "submits it again and may pay twice for it."
+            )
+            self._count_failure(transient=True)
+            await self._save_quietly(rec)
+            self._fail(row, rec, "UNCERTAIN", str(exc), state="uncertain")
+            return None
+        except (KieAuthError, KieInsufficientCreditsError) as exc:
+            self.stop(str(exc))
+            self.summary.not_submitted += 1
+            rec.update(status=REFUSED, error=str(exc))
+            await self._save_quietly(rec)
+            self._fail(row, previous, str(exc.code), str(exc))
+            return None
+        except KieError as exc:
+            # Kie answered with an error: nothing was created; the next run submits this row again.
+            rec.update(status=REFUSED, error=str(exc))
+            await self._save_quietly(rec)
+            self.summary.failed += 1
+            self.summary.fail_codes[str(exc.code or "ERROR")] += 1
+            self._count_failure(transient=exc.retryable)
+            self._fail(row, rec, str(exc.code or "ERROR"), str(exc))
+            return None
+        self.summary.created += 1
+        estimate = estimate_credits(row["model"], inp, self.prices)
+        rec.update(
+            task_id=task_id,
+            status=SUBMITTED,
+            submitted_at=_now(),
+            credits=estimate,
+            credits_source="estimate" if estimate is not None else None,
+        )
+        self.created_keys.add(rec["key"])
+        try:
             # Written synchronously, with no await between Kie's answer and the record: the only
-            # window in which a kill loses a paid task is the answer's own trip over the network
-            # (Kie has no idempotency key and no task listing to close it). The fsync, which only
-            # a lost machine needs, happens off the event loop right after.
+            # window in which a kill loses a paid task is the answer's own trip over the network.
+            # The fsync, which only a lost machine needs, happens off the event loop right after.
             self.save_now(rec, fsync=False)
             await asyncio.to_thread(self.store.fsync, rec["key"])
-        except OSError:
-            self.results[row["id"]] = _result(row, rec, "STORE_ERROR", self.stop_reason or "store error")
+        except OSError as exc:
+            await self._unrecorded(row, rec, exc)
             return None
         return rec
 
+    async def _unrecorded(self, row: dict[str, Any], rec: dict[str, Any], exc: OSError) -> None:
+        """A created task whose record could not be written: never let its id live only in memory."""
+        entry = {
+            "id": row["id"],
+            "batch": row["batch"],
+            "model": row["model"],
+            "request_key": row["request_key"],
+            "task_id": rec["task_id"],
+            "store": self.store.root,
+        }
+        self.summary.unrecorded.append(entry)
+        saved = await asyncio.to_thread(save_unrecorded, self.store, entry)
+        if saved:
+            self.summary.unrecorded_file = saved
+        where = f"saved to {saved} for the next run to adopt" if saved else "NOT saved anywhere else"
+        self.progress(
+            f"Task {rec['task_id']} of row {row['id']!r} (request key {row['request_key']}) was created "
+            f"and paid for, but its record could not be written ({exc}); {where}."
+        )
+        self._fail(row, rec, "STORE_ERROR", f"task {rec['task_id']} created but not recorded: {exc}")
+
     async def finish(self, row: dict[str, Any], rec: dict[str, Any], *, first_delay: float | None) -> None:
-        """Wait for the task, record its outcome and make the durable copy."""
+        """Wait for the task, record its outcome and make the durable copies."""
+        self.in_flight += 1
+        try:
+            await self._finish(row, rec, first_delay=first_delay)
+        finally:
+            self.in_flight -= 1
+            if rec["key"] in self.created_keys:
+                self.summary.credits_used += float(rec.get("credits") or 0)
+                self.summary.credits_from_kie += rec.get("credits_source") == "kie"
+
+    async def _finish(self, row: dict[str, Any], rec: dict[str, Any], *, first_delay: float | None) -> None:
         try:
             final = await self.client.wait(rec["task_id"], timeout=self.wait_timeout, first_delay=first_delay)
         except KieTaskTimeoutError as exc:
-            rec.update(status="timeout", error=str(exc), kie={"state": exc.last_state})
+            rec.update(status=TIMEOUT, error=str(exc), kie={"state": exc.last_state})
             self.summary.timed_out += 1
             await self._save_quietly(rec)
-            self.results[row["id"]] = _result(row, rec, "TIMEOUT", str(exc))
+            self._fail(row, rec, "TIMEOUT", str(exc))
             return
         except KieAuthError as exc:
             self.stop(str(exc))
-            self.results[row["id"]] = _result(row, rec, "401", str(exc))
+            self._fail(row, rec, "401", str(exc))
+            return
+        except KieNotFoundError as exc:
+            # Kie no longer knows the task (past its retention): nothing left to download.
+            await self._expired(row, rec, f"Kie no longer knows task {rec['task_id']}: {exc}")
             return
         except KieError as exc:
             rec.update(error=str(exc))
             await self._save_quietly(rec)
             self.summary.failed += 1
-            self.results[row["id"]] = _result(row, rec, str(exc.code or "ERROR"), str(exc))
+            self._fail(row, rec, str(exc.code or "ERROR"), str(exc))
             return
         rec["kie"] = {
             "state": final.state.value,
@@ -206,104 +363,180 @@ class _Batch:
             "complete_time": _iso(final.complete_time),
             "result_urls": final.result_urls,
         }
+        if final.credits is not None:
+            rec.update(credits=final.credits, credits_source="kie")
         if final.state is TaskState.FAIL:
-            rec.update(status="fail")
+            rec.update(status=FAIL)
             self.summary.failed += 1
             self.summary.fail_codes[final.fail_code or "fail"] += 1
-            self._count_failure()
+            self._count_failure(transient=False)
             await self._save_quietly(rec)
-            self.results[row["id"]] = _result(row, rec, final.fail_code, final.fail_msg)
+            self._fail(row, rec, final.fail_code or "fail", final.fail_msg or "Kie reported fail")
             return
         await self.download(row, rec, final)
 
+    async def _fetch_result(self, url: str) -> tuple[bytes, str] | None:
+        """The bytes and sha256 of one result; None when it is gone for good (past retention)."""
+        try:
+            fetched = await self.client.fetch(url)
+        except KieDownloadError as exc:
+            if exc.status not in EXPIRED_STATUSES:
+                raise
+            # The direct link expired: ask Kie for a fresh one (valid 20 minutes).
+            try:
+                fresh = await self.client.get_download_url(url)
+            except KieError as refused:
+                if refused.retryable:
+                    raise
+                return None  # Kie refuses a fresh link: the file is past its retention.
+            self.summary.expired_links_refreshed += 1
+            # Kie vouched for the file with a fresh link: if that fails, retry on the next run.
+            fetched = await self.client.fetch(fresh)
+        return fetched.data, fetched.sha256
+
+    async def _copy(self, row: dict[str, Any], index: int, url: str) -> dict[str, Any] | None:
+        """Download result ``index`` and write its durable copy; None when it has expired.
+
+        Raises KieError when the download fails (retry on the next run), OSError when the store
+        cannot be written.
+        """
+        got = await self._fetch_result(url)
+        if got is None:
+            return None
+        data, sha = got
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height, fmt = img.width, img.height, img.format or ""
+        except (UnidentifiedImageError, OSError) as exc:
+            raise KieDownloadError(f"Result {index} is not a readable image.") from exc
+        ext = _FORMAT_EXT.get(fmt.upper(), row.get("output_format") or "bin")
+        name = row["request_key"] if index == 0 else f"{row['request_key']}-{index}"
+        uri = self.store.image_uri(name, ext)
+        await asyncio.to_thread(self.store.write_bytes, uri, data)
+        return {
+            "uri": uri,
+            "sha256": sha,
+            "bytes": len(data),
+            "width": width,
+            "height": height,
+            "format": ext,
+        }
+
     async def download(self, row: dict[str, Any], rec: dict[str, Any], final: TaskRecord) -> None:
+        """Copy every result of a finished task (those an earlier run copied are kept)."""
         urls = final.result_urls
+        copies = images_of(rec)
+        rec["images"] = (copies + [None] * len(urls))[: len(urls)]
+        rec.pop("image", None)
         try:
             if not urls:
                 raise KieDownloadError("Kie reported success without a result URL.")
-            try:
-                fetched = await self.client.fetch(urls[0])
-            except KieDownloadError as exc:
-                if exc.status not in EXPIRED_STATUSES:
-                    raise
-                # The direct link expired: ask Kie for a fresh one (valid 20 minutes).
-                fresh = await self.client.get_download_url(urls[0])
-                self.summary.expired_links_refreshed += 1
-                fetched = await self.client.fetch(fresh)
-            try:
-                with Image.open(io.BytesIO(fetched.data)) as img:
-                    width, height, fmt = img.width, img.height, img.format or ""
-            except (UnidentifiedImageError, OSError) as exc:
-                raise KieDownloadError("The result file is not a readable image.") from exc
+            on_disk = await asyncio.to_thread(
+                lambda: [bool(im) and self.store.exists(im["uri"]) for im in rec["images"]]
+            )
+            for index, url in enumerate(urls):
+                if on_disk[index]:
+                    continue
+                image = await self._copy(row, index, url)
+                if image is None:
+                    await self._expired(row, rec, f"result {index} of task {rec['task_id']} has expired")
+                    return
+                rec["images"][index] = image
         except KieError as exc:
-            rec.update(status="download_failed", error=str(exc))
+            rec.update(status=DOWNLOAD_FAILED, error=str(exc))
             self.summary.download_failed += 1
             await self._save_quietly(rec)
-            self.results[row["id"]] = _result(row, rec, "DOWNLOAD_FAILED", str(exc))
+            self._fail(row, rec, "DOWNLOAD_FAILED", str(exc))
             return
-        ext = _FORMAT_EXT.get(fmt.upper(), row.get("output_format") or "bin")
-        uri = self.store.image_uri(row["request_key"], ext)
-        try:
-            await asyncio.to_thread(write_bytes, uri, fetched.data)
         except OSError as exc:
             self.stop(
                 f"the store {self.store.root} is not writable: {exc} (task {rec['task_id']} is recorded)"
             )
-            self.results[row["id"]] = _result(row, rec, "STORE_ERROR", str(exc))
+            self._fail(row, rec, "STORE_ERROR", str(exc))
             return
-        rec.update(
-            status="success",
-            error=None,
-            image={
-                "uri": uri,
-                "sha256": fetched.sha256,
-                "bytes": len(fetched.data),
-                "width": width,
-                "height": height,
-                "format": ext,
-            },
-        )
+        rec.update(status=SUCCESS, error=None)
         try:
             await self.save(rec)
         except OSError:
-            self.results[row["id"]] = _result(row, rec, "STORE_ERROR", self.stop_reason or "store error")
+            self._fail(row, rec, "STORE_ERROR", self.stop_reason or "store error")
             return
         self.summary.succeeded += 1
         self.consecutive_failures = 0
-        self.results[row["id"]] = _result(row, rec, None, None)
+        self._settle(row, success_rows(row, rec))
 
-    async def _save_quietly(self, rec: dict[str, Any]) -> None:
-        # On failure stop() has recorded why, with the task id in the message.
-        with contextlib.suppress(OSError):
-            await self.save(rec)
-
-    def _count_failure(self) -> None:
-        self.consecutive_failures += 1
-        if self.max_consecutive_failures and self.consecutive_failures >= self.max_consecutive_failures:
-            self.stop(f"{self.consecutive_failures} consecutive failures; check the prompts and Kie's status")
+    async def _expired(self, row: dict[str, Any], rec: dict[str, Any], why: str) -> None:
+        msg = (
+            f"{why}; the image was paid for but can no longer be downloaded. Re-materialize with "
+            "regenerate_expired: true to pay for a new generation."
+        )
+        rec.update(status=EXPIRED, error=msg)
+        self.summary.expired += 1
+        await self._save_quietly(rec)
+        self._fail(row, rec, "EXPIRED", msg)
 
     # -- the batch -------------------------------------------------------------------------------
-    async def run(self, rows: list[dict[str, Any]]) -> None:
-        self.summary.rows = len(rows)
-        existing = await asyncio.to_thread(self.store.load_many, [r["request_key"] for r in rows])
-        done_uris = [r["image"]["uri"] for r in existing.values() if r.get("status") == "success"]
-        # One trip off the event loop for every existence check, not one per row.
-        on_disk = await asyncio.to_thread(lambda: {u for u in done_uris if self.store.exists(u)})
-        waiters: list[asyncio.Task[None]] = []
-        queue: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    def _plan(
+        self, rows: list[dict[str, Any]], existing: dict[str, dict[str, Any]], on_disk: set[str]
+    ) -> tuple[
+        list[tuple[dict[str, Any], dict[str, Any]]], list[tuple[dict[str, Any], dict[str, Any] | None]]
+    ]:
+        """Split rows into reused (settled here), to resume (a task exists) and to create."""
+        resume: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        create: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         for row in rows:
             rec = existing.get(row["request_key"])
             status = (rec or {}).get("status")
-            if status == "success" and rec["image"]["uri"] in on_disk:
+            copies = images_of(rec)
+            if status == SUCCESS and copies and all(im and im["uri"] in on_disk for im in copies):
                 self.summary.reused += 1
-                self.results[row["id"]] = _result(row, rec, None, None)
-            elif rec and rec.get("task_id") and status != "fail":
+                self._settle(row, success_rows(row, rec))
+            elif status == EXPIRED and not self.regenerate_expired:
+                self.summary.expired += 1
+                self._fail(row, rec, "EXPIRED", rec.get("error") or "the result expired before it was copied")
+            elif rec and rec.get("task_id") and status not in (FAIL, EXPIRED, REFUSED, CREATING, UNCERTAIN):
                 # Paid for already (submitted, timed out, download failed or copy lost): resume.
                 self.summary.resumed += 1
-                waiters.append(asyncio.create_task(self.finish(row, rec, first_delay=0)))
+                resume.append((row, rec))
             else:
-                queue.append((row, rec))
-        pending = iter(queue)
+                if status in (CREATING, UNCERTAIN):
+                    self.summary.resubmitted_uncertain += 1
+                    self.progress(
+                        f"Row {row['id']!r} (request key {row['request_key']}): an earlier createTask "
+                        "may have created a task whose id never arrived; submitting it again, which "
+                        "may pay twice for this row."
+                    )
+                elif status == EXPIRED:
+                    self.summary.regenerated_expired += 1
+                create.append((row, rec))
+        return resume, create
+
+    async def _report_progress(self, total: int, interval: float, started: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            done = self.finished
+            elapsed = time.monotonic() - started
+            eta = f"{(total - done) * elapsed / done:.0f} s" if done else "unknown"
+            s = self.summary
+            self.progress(
+                f"Progress: {done}/{total} rows settled; created {s.created}, succeeded "
+                f"{s.succeeded + s.reused}, failed {s.failed + s.timed_out + s.download_failed}, "
+                f"uncertain {s.uncertain}, in flight {self.in_flight}; ETA {eta}"
+            )
+
+    async def run(self, rows: list[dict[str, Any]], progress_interval: float) -> None:
+        self.summary.rows = len(rows)
+        started = time.monotonic()
+        existing = await asyncio.to_thread(self.store.load_many, [r["request_key"] for r in rows])
+        await self._repair(rows, existing)
+        done_uris = [
+            im["uri"] for r in existing.values() if r.get("status") == SUCCESS for im in images_of(r) if im
+        ]
+        # One trip off the event loop for every existence check, not one per row.
+        on_disk = await asyncio.to_thread(lambda: {u for u in done_uris if self.store.exists(u)})
+        resume, create = self._plan(rows, existing, on_disk)
+        reporter = asyncio.create_task(self._report_progress(len(rows), progress_interval, started))
+        waiters = [asyncio.create_task(self.finish(row, rec, first_delay=0)) for row, rec in resume]
+        pending = iter(create)
 
         async def submitter() -> None:
             # Rows are taken in manifest order; each created task gets its own waiter, so tasks in
@@ -313,52 +546,127 @@ class _Batch:
                 if rec is not None:
                     waiters.append(asyncio.create_task(self.finish(row, rec, first_delay=None)))
 
-        await asyncio.gather(*(submitter() for _ in range(self.submitters)))
-        # Whatever stopped submissions, every task already created is waited for and recorded.
-        await asyncio.gather(*waiters)
+        try:
+            await asyncio.gather(*(submitter() for _ in range(self.submitters)))
+            # Whatever stopped submissions, every task already created is waited for and recorded.
+            await asyncio.gather(*waiters)
+        finally:
+            reporter.cancel()
+        if self.adopted_keys:
+            await asyncio.to_thread(self._forget_adopted)
+
+    async def _repair(self, rows: list[dict[str, Any]], existing: dict[str, dict[str, Any]]) -> None:
+        """Before planning: rebuild damaged records and adopt tasks an earlier run could not record."""
+        for row in rows:
+            key = row["request_key"]
+            rec = existing.get(key)
+            if rec and rec.get("status") == "corrupt":
+                fixed = await asyncio.to_thread(recover_record, self.store, row, rec)
+                self.summary.recovered_records += 1
+                self.progress(
+                    f"The task record {rec['corrupt_file']} of row {row['id']!r} is damaged "
+                    f"({rec['error']}); set aside as {rec['set_aside']}. Recovered: task id "
+                    f"{fixed['task_id'] or 'none'}, {len(fixed['images'])} durable copy(ies); the row is "
+                    f"now {fixed['status']}."
+                )
+                await self._save_quietly(fixed)
+                existing[key] = fixed
+        fallback = await asyncio.to_thread(load_unrecorded, self.store)
+        for row in rows:
+            key = row["request_key"]
+            entry, rec = fallback.get(key), existing.get(key)
+            if not entry:
+                continue
+            if rec and (rec.get("task_id") == entry["task_id"] or rec.get("status") == SUCCESS):
+                self.adopted_keys.add(key)  # recorded after all: only forget the fallback entry
+                continue
+            prev = rec or {}
+            history = list(prev.get("previous_task_ids", []))
+            if prev.get("task_id"):
+                history.append(prev["task_id"])
+            adopted = {
+                "key": key,
+                "id": row["id"],
+                "batch": row["batch"],
+                "model": row["model"],
+                "input": json.loads(row["input_json"]),
+                "task_id": entry["task_id"],
+                "status": SUBMITTED,
+                "submitted_at": entry.get("at"),
+                "previous_task_ids": history,
+                "uncertain": list(prev.get("uncertain", [])),
+                "adopted_from": "fallback file of unrecorded tasks",
+            }
+            self.summary.adopted += 1
+            self.adopted_keys.add(key)
+            self.progress(
+                f"Row {row['id']!r}: adopting task {entry['task_id']}, created by an earlier run that "
+                "could not record it (no new task is created)."
+            )
+            await self._save_quietly(adopted)
+            existing[key] = adopted
+
+    def _forget_adopted(self) -> None:
+        saved = self.store.load_many(sorted(self.adopted_keys))
+        recorded = [k for k, rec in saved.items() if rec.get("task_id")]
+        forget_unrecorded(self.store, recorded)
 
 
-def _result(
-    row: dict[str, Any], rec: dict[str, Any] | None, fail_code: str | None, fail_msg: str | None
+def result_row(
+    row: Mapping[str, Any],
+    rec: Mapping[str, Any] | None,
+    index: int,
+    *,
+    state: str,
+    fail_code: str | None = None,
+    fail_msg: str | None = None,
 ) -> dict[str, Any]:
-    """One result row (a catalog row before the manifest's extra columns)."""
+    """One catalog row (before the manifest's extra columns): keys are exactly the schema's columns."""
     rec = rec or {}
     kie = rec.get("kie") or {}
-    image = rec.get("image") or {}
     urls = kie.get("result_urls") or []
-    ok = fail_code is None and rec.get("status") == "success"
-    return {
-        "id": row["id"],
-        "batch": row["batch"],
-        "model": row["model"],
-        "prompt": row["prompt"],
-        "state": "success" if ok else "fail",
-        "task_id": rec.get("task_id"),
-        "result_url": urls[0] if urls else None,
-        "image_uri": image.get("uri") if ok else None,
-        "sha256": image.get("sha256") if ok else None,
-        "bytes": image.get("bytes") if ok else None,
-        "width": image.get("width") if ok else None,
-        "height": image.get("height") if ok else None,
-        "format": image.get("format") if ok else None,
-        "fail_code": None if ok else (fail_code or kie.get("fail_code")),
-        "fail_msg": None if ok else (fail_msg or kie.get("fail_msg")),
-        "cost_time_ms": kie.get("cost_time_ms"),
-        "created_at": kie.get("create_time"),
-        "completed_at": kie.get("complete_time"),
-        "submitted_at": rec.get("submitted_at"),
-        "request_key": row["request_key"],
-        "aspect_ratio": row.get("aspect_ratio"),
-        "resolution": row.get("resolution"),
-        "output_format": row.get("output_format"),
-        "image_input": row.get("image_input"),
-        "result_urls": json.dumps(urls),
-    }
+    copies = images_of(rec)
+    image: Mapping[str, Any] = {}
+    if state == "success" and index < len(copies):
+        image = copies[index] or {}
+    out = dict.fromkeys(CATALOG_DTYPES)
+    out.update(
+        id=row["id"],
+        batch=row["batch"],
+        model=row["model"],
+        prompt=row["prompt"],
+        state=state,
+        result_index=index,
+        task_id=rec.get("task_id"),
+        result_url=urls[index] if index < len(urls) else None,
+        image_uri=image.get("uri"),
+        sha256=image.get("sha256"),
+        bytes=image.get("bytes"),
+        width=image.get("width"),
+        height=image.get("height"),
+        format=image.get("format"),
+        fail_code=fail_code,
+        fail_msg=fail_msg,
+        cost_time_ms=kie.get("cost_time_ms"),
+        # Credits belong to the task: on its first result only, so that sums are right.
+        credits=rec.get("credits") if index == 0 else None,
+        credits_source=rec.get("credits_source") if index == 0 else None,
+        created_at=kie.get("create_time"),
+        completed_at=kie.get("complete_time"),
+        submitted_at=rec.get("submitted_at"),
+        request_key=row["request_key"],
+        aspect_ratio=row.get("aspect_ratio"),
+        resolution=row.get("resolution"),
+        output_format=row.get("output_format"),
+        image_input=row.get("image_input"),
+        result_urls=json.dumps(urls),
+    )
+    return out
 
 
-RESULT_COLUMNS = list(
-    _result({k: None for k in ("id", "batch", "model", "prompt", "request_key")}, None, "", "").keys()
-)
+def success_rows(row: Mapping[str, Any], rec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per result of a finished task."""
+    return [result_row(row, rec, i, state="success") for i in range(len(images_of(rec)))]
 
 
 async def generate_batch(
@@ -369,13 +677,21 @@ async def generate_batch(
     submitters: int = 4,
     max_consecutive_failures: int = 10,
     wait_timeout: float | None = None,
+    regenerate_expired: bool = False,
+    prices: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] = log.info,
+    progress_interval: float = 10.0,
+    lease_owner: str | None = None,
 ) -> tuple[pd.DataFrame, BatchSummary]:
-    """Generate every row of a validated manifest slice; return one result row per manifest row.
+    """Generate every row of a validated manifest slice; return one result row per result.
+
+    A row whose task produced several results gives one row per result (``result_index`` 0, 1, ...);
+    any other row gives one row. ``progress`` receives a line every ``progress_interval`` seconds.
 
     Raises:
         SystemicError: after recording everything already paid for, when submissions stopped
             (401, 402, an unwritable store, ``max_consecutive_failures`` failures in a row).
+        BatchLeaseHeld: another run is generating the same batch (nothing was submitted).
     """
     batch = _Batch(
         client,
@@ -383,22 +699,34 @@ async def generate_batch(
         submitters=submitters,
         max_consecutive_failures=max_consecutive_failures,
         wait_timeout=wait_timeout,
+        regenerate_expired=regenerate_expired,
+        prices=prices,
         progress=progress,
     )
     rows = manifest_rows.to_dict("records")
     started = time.monotonic()
-    await batch.run(rows)
-    batch.summary.stop_reason = batch.stop_reason
-    progress(
-        f"Batch of {len(rows)} rows done in {time.monotonic() - started:.1f} s: {batch.summary.as_dict()}"
-    )
+    names = sorted({str(r["batch"]) for r in rows}) or ["empty"]
+    # One run per batch at a time: a second run of the same batch would pay again for every row.
+    with contextlib.ExitStack() as leases:
+        for name in names:
+            leases.enter_context(batch_lease(store, name, lease_owner or f"pid {os.getpid()}"))
+        await batch.run(rows, progress_interval)
+    summary = batch.summary
+    summary.stop_reason = batch.stop_reason
+    summary.results = sum(len(v) for v in batch.results.values())
+    progress(f"Batch of {len(rows)} rows done in {time.monotonic() - started:.1f} s: {summary.as_dict()}")
     if batch.stop_reason:
-        raise SystemicError(f"Generation stopped: {batch.stop_reason}", batch.summary)
+        raise SystemicError(
+            f"Generation stopped: {batch.stop_reason}", summary, retryable=batch.stop_retryable
+        )
     extras = [
-        c for c in manifest_rows.columns if c not in RESULT_COLUMNS and c not in ("input_json", "row_number")
+        c for c in manifest_rows.columns if c not in CATALOG_DTYPES and c not in INTERNAL_MANIFEST_COLUMNS
     ]
-    ordered = [batch.results[r["id"]] for r in rows]
-    out = pd.DataFrame(ordered, columns=RESULT_COLUMNS)
-    for col in extras:
-        out[col] = manifest_rows[col].to_numpy()
-    return out, batch.summary
+    ordered = [r for row in rows for r in batch.results[row["id"]]]
+    out = pd.DataFrame(ordered, columns=list(CATALOG_DTYPES))
+    if extras:
+        # Each result row carries its manifest row's extra columns, with their dtypes kept.
+        positions = [i for i, row in enumerate(rows) for _ in batch.results[row["id"]]]
+        for col in extras:
+            out[col] = manifest_rows[col].iloc[positions].reset_index(drop=True)
+    return out, summary

@@ -1,6 +1,7 @@
 """Reading and validating a manifest of prompts (CSV or Parquet), before any credit is spent.
 
-One row per image: ``id``, ``prompt``, ``batch`` required; ``model``, ``aspect_ratio``, ``resolution``,
+One row per image: ``id`` and ``prompt`` required; ``batch`` (the partition; default
+``"default"``), ``model``, ``aspect_ratio``, ``resolution``,
 ``output_format``, ``image_input`` optional; every other column is carried through unchanged.
 Validation collects *every* problem, each naming the row, the id and the field.
 """
@@ -16,19 +17,16 @@ from typing import Any
 
 import fsspec
 import pandas as pd
-import pyarrow.parquet as pq
 
 from kie_pipeline.client import NANO_BANANA_PRO, KieValidationError, validate_input
 from kie_pipeline.client.transport import dumps
 
-REQUIRED_COLUMNS = ("id", "prompt", "batch")
+from .schema import RESERVED_NAMES
+
+REQUIRED_COLUMNS = ("id", "prompt")
 INPUT_COLUMNS = ("aspect_ratio", "resolution", "output_format", "image_input")
-#: Columns the pipeline itself writes to the catalog; a manifest may not use these names for extras.
-RESERVED_COLUMNS = (
-    "id", "batch", "model", "prompt", "state", "task_id", "result_url", "image_uri", "sha256", "bytes",
-    "width", "height", "format", "fail_code", "fail_msg", "cost_time_ms", "created_at", "completed_at",
-    "request_key", "input_json", "row_number", "aspect_ratio", "resolution", "output_format", "image_input",
-)  # fmt: skip
+#: The batch (partition) of every row of a manifest without a ``batch`` column.
+DEFAULT_BATCH = "default"
 #: Partition keys appear in paths and URLs: keep them to a safe alphabet.
 BATCH_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_ID_CHARS = 200
@@ -72,7 +70,8 @@ def read_manifest(path: str) -> pd.DataFrame:
     try:
         if lower.endswith((".parquet", ".pq")):
             with fsspec.open(path, "rb") as fh:
-                return pq.read_table(fh).to_pandas()
+                # Nullable dtypes: an int column with gaps stays Int64 instead of becoming float64.
+                return pd.read_parquet(fh, dtype_backend="numpy_nullable")
         if lower.endswith((".csv", ".csv.gz", ".tsv")):
             with fsspec.open(path, "rb", compression="infer") as fh:
                 raw = fh.read()
@@ -84,7 +83,7 @@ def read_manifest(path: str) -> pd.DataFrame:
                     [Problem(None, None, "encoding", f"invalid UTF-8 at byte {exc.start} (line {line})")],
                     path,
                 ) from None
-            sep = "\t" if lower.endswith(".tsv") else ","
+            sep = "\t" if lower.endswith(".tsv") else _csv_separator(text)
             return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise ManifestError([Problem(None, None, "path", f"no manifest at {path}")], path) from None
@@ -93,6 +92,12 @@ def read_manifest(path: str) -> pd.DataFrame:
     except (ValueError, OSError) as exc:  # pandas.errors.ParserError, ArrowInvalid are ValueErrors
         raise ManifestError([Problem(None, None, "format", f"cannot be read: {exc}")], path) from None
     raise ManifestError([Problem(None, None, "path", "must end in .csv, .tsv, .csv.gz or .parquet")], path)
+
+
+def _csv_separator(text: str) -> str:
+    """``,`` unless the header line has semicolons and no comma (a European spreadsheet export)."""
+    header = text.split("\n", 1)[0]
+    return ";" if ";" in header and "," not in header else ","
 
 
 def _text(value: Any) -> str | None:
@@ -167,9 +172,12 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
     if problems:
         raise ManifestError(problems, source)
 
-    extras = [c for c in df.columns if c not in (*REQUIRED_COLUMNS, "model", *INPUT_COLUMNS)]
+    if "batch" not in df.columns:
+        # Most first manifests are just id,prompt: one batch, one partition.
+        df = df.assign(batch=DEFAULT_BATCH)
+    extras = [c for c in df.columns if c not in (*REQUIRED_COLUMNS, "batch", "model", *INPUT_COLUMNS)]
     for col in extras:
-        if col in RESERVED_COLUMNS:
+        if col in RESERVED_NAMES:
             problems.append(Problem(None, None, col, "is a column the catalog writes; rename it"))
 
     rows: list[dict[str, Any]] = []
@@ -245,8 +253,8 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
     if problems:
         raise ManifestError(problems, source)
     out = pd.DataFrame(rows)
-    for col in extras:  # keep the extra columns' original dtypes
-        out[col] = df[col].to_numpy()
+    for col in extras:  # keep the extra columns' original (nullable) dtypes
+        out[col] = df[col].array
     return out
 
 

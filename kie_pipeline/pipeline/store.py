@@ -11,17 +11,56 @@ nothing can escape the store. Records are written whole (atomically on local dis
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
+from fsspec import AbstractFileSystem
 
-from kie_pipeline.client.download import fsync_file, write_bytes
+#: A task id in the text of a damaged record.
+_TASK_ID = re.compile(r'"task_id"\s*:\s*"([A-Za-z0-9_-]+)"')
 
 
 def join(root: str, *parts: str) -> str:
     """Join a local path or URL with path parts."""
     return "/".join([root.rstrip("/"), *parts])
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols or "local" in protocols
+
+
+def atomic_write(fs: AbstractFileSystem, path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` so that a reader never sees a partial file.
+
+    Local disks: a temporary file in the same folder, fsynced, then renamed over the target (the
+    temporary file is removed if anything fails). Object stores: one PUT, which publishes the object
+    only when the upload is complete.
+    """
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if not _is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    tmp = f"{path}.{uuid.uuid4().hex}.part"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 class TaskStore:
@@ -40,22 +79,108 @@ class TaskStore:
     def _path(self, uri: str) -> str:
         return fsspec.core.url_to_fs(uri)[1]
 
+    def normalize(self, uri: str) -> str:
+        """A URI as the filesystem names it (the keys of :meth:`image_sizes`)."""
+        return self._path(uri)
+
+    def image_sizes(self) -> dict[str, int]:
+        """Size of every durable copy, from one listing of ``images/`` (no file is read)."""
+        root = self._path(join(self.root, "images"))
+        try:
+            found = self.fs.find(root, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {path: int(info.get("size") or 0) for path, info in found.items()}
+
     def load_many(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The records that exist for ``keys`` (one batched read where the filesystem allows)."""
+        """The records that exist for ``keys`` (one batched read where the filesystem allows).
+
+        A record that is not valid JSON (truncated by a crash or a full disk) is set aside under
+        ``tasks/corrupt/`` and returned as ``{"status": "corrupt", ...}`` with what could be read
+        from it (the task id, if its text still holds one), so one bad file never blocks a batch.
+        """
         if not keys:
             return {}
         paths = {self._path(self.record_uri(k)): k for k in keys}
         found = self.fs.cat(list(paths), on_error="omit")
-        return {paths[p]: json.loads(data) for p, data in found.items()}
+        out: dict[str, dict[str, Any]] = {}
+        for path, data in found.items():
+            key = paths[path]
+            try:
+                record = json.loads(data)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                out[key] = record
+            except ValueError as exc:
+                out[key] = self._set_aside(key, path, data, exc)
+        return out
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        """One record, or None (see :meth:`load_many`)."""
+        return self.load_many([key]).get(key)
+
+    def _set_aside(self, key: str, path: str, data: bytes, exc: Exception) -> dict[str, Any]:
+        text = data.decode("utf-8", errors="replace")
+        match = _TASK_ID.search(text)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        aside = self._path(join(self.root, "tasks", "corrupt", f"{key}.{stamp}.json"))
+        try:
+            self.fs.makedirs(aside.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.mv(path, aside)
+        except OSError:
+            aside = path  # a read-only store: leave it where it is; it is reported all the same
+        return {
+            "key": key,
+            "status": "corrupt",
+            "task_id": match.group(1) if match else None,
+            "corrupt_file": path,
+            "set_aside": aside,
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+
+    def copies_of(self, key: str) -> list[str]:
+        """The durable copies written under a request key (result 0 first), found by listing."""
+        folder = self._path(join(self.root, "images"))
+        try:
+            names = self.fs.glob(f"{folder}/{key}.*") + self.fs.glob(f"{folder}/{key}-*.*")
+        except FileNotFoundError:
+            return []
+        names = [n for n in names if not n.endswith(".part")]
+
+        def index(name: str) -> int:
+            stem = name.rsplit("/", 1)[-1].split(".", 1)[0]
+            return int(stem.rsplit("-", 1)[1]) if "-" in stem else 0
+
+        prefix = self.root[: -len(self._root_path)] if self.root.endswith(self._root_path) else ""
+        return [f"{prefix}{n}" for n in sorted(names, key=index)]
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the store is a local folder (atomic renames, flock)."""
+        return _is_local(self.fs)
+
+    @property
+    def local_root(self) -> str:
+        """The store's folder on this machine (local stores only)."""
+        return self._root_path
 
     def save(self, key: str, record: dict[str, Any], *, fsync: bool = True) -> None:
         """Write a record whole. Raises OSError when the store is not writable."""
         data = json.dumps(record, sort_keys=True, default=str).encode()
-        write_bytes(self.record_uri(key), data, fsync=fsync)
+        atomic_write(self.fs, self._path(self.record_uri(key)), data, fsync=fsync)
 
     def fsync(self, key: str) -> None:
-        """Flush a record saved with ``fsync=False`` to disk."""
-        fsync_file(self.record_uri(key))
+        """Flush a record saved with ``fsync=False`` to disk (object stores need nothing)."""
+        if _is_local(self.fs):
+            fd = os.open(self._path(self.record_uri(key)), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write a durable copy whole (atomically). Raises OSError when the store is not writable."""
+        atomic_write(self.fs, self._path(uri), data)
 
     def exists(self, uri: str) -> bool:
         return bool(self.fs.exists(self._path(uri)))

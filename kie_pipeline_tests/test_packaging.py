@@ -1,0 +1,172 @@
+"""Packaging: the shipped instance files load in the installed Dagster, and the layers import as promised.
+
+Nothing here connects to Postgres or Kubernetes: the instance files go through Dagster's own validation,
+and every class they name is imported and its config checked, but never instantiated.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster._config import process_config, resolve_to_config_type
+from dagster._core.instance.config import ConcurrencyConfig, PoolGranularity
+from dagster._core.instance.ref import InstanceRef
+from dagster._serdes import ConfigurableClassData
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+#: Every shipped instance file: a glob, so a file added later is checked too.
+INSTANCE_FILES = sorted(DEPLOY.glob("*.yaml"))
+
+
+def _env_names(node: Any) -> Iterator[str]:
+    """The variables a YAML tree reads through Dagster's ``{env: NAME}`` source."""
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            yield node["env"]
+        for value in node.values():
+            yield from _env_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _env_names(value)
+
+
+def _load_ref(path: Path, base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> InstanceRef:
+    """The instance ref Dagster builds from ``path`` (its defaults pointing into ``base_dir``)."""
+    # Placeholders so that `{env: ...}` sources resolve; nothing is ever connected to.
+    for name in _env_names(yaml.safe_load(path.read_text())):
+        monkeypatch.setenv(name, f"placeholder-{name.lower()}")
+    return InstanceRef.from_dir(str(base_dir), config_dir=str(path.parent), config_filename=path.name)
+
+
+def _resolve(data: ConfigurableClassData) -> type:
+    """Import the class ``data`` names and validate its config, as ``rehydrate`` does, minus ``__init__``."""
+    module = importlib.import_module(data.module_name)  # a missing package fails here
+    klass = getattr(module, data.class_name)  # a misspelt class fails here
+    result = process_config(resolve_to_config_type(klass.config_type()), data.config_dict)
+    assert result.success, (data.module_name, data.class_name, [e.message for e in result.errors])
+    return klass
+
+
+def test_deploy_ships_the_local_and_cluster_instance_files() -> None:
+    assert {p.name for p in INSTANCE_FILES} >= {"dagster.yaml", "dagster-cluster.yaml"}
+
+
+@pytest.mark.parametrize("path", INSTANCE_FILES, ids=lambda p: p.name)
+def test_instance_file_loads_in_installed_dagster(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster's validation accepts the file and every configurable class it names resolves."""
+    ref = _load_ref(path, tmp_path, monkeypatch)
+    resolved = {
+        field: _resolve(data)
+        for field in InstanceRef._fields
+        if isinstance(data := getattr(ref, field), ConfigurableClassData)
+    }
+    assert {"storage_data", "run_coordinator_data", "run_launcher_data"} <= set(resolved)
+    assert resolved["run_coordinator_data"].__name__ == "QueuedRunCoordinator"
+
+
+@pytest.mark.parametrize("path", INSTANCE_FILES, ids=lambda p: p.name)
+def test_instance_file_frees_pool_slots_of_dead_runs(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGKILLed run must not hold a "kie" pool slot forever: the monitoring daemon must be on."""
+    monitoring = _load_ref(path, tmp_path, monkeypatch).settings.get("run_monitoring", {})
+    assert monitoring.get("enabled") is True
+    assert monitoring.get("start_timeout_seconds", 0) > 0
+    assert monitoring.get("cancel_timeout_seconds", 0) > 0
+    # Only the monitoring daemon frees op-granularity slots of finished runs, and only with this set.
+    assert monitoring.get("free_slots_after_run_end_seconds", 0) > 0
+
+
+def test_cluster_file_keeps_its_intent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Postgres, a queue of 20 runs, the "kie" pool of 4 by run, pods that get the KIE_* variables."""
+    ref = _load_ref(DEPLOY / "dagster-cluster.yaml", tmp_path, monkeypatch)
+    assert ref.storage_data.module_name == "dagster_postgres"
+    assert ref.storage_data.config_dict["postgres_db"]["hostname"] == {"env": "DAGSTER_PG_HOST"}
+    # The limits as Dagster itself reads them (the queue limit lives under `concurrency: runs:`).
+    coordinator = ref.run_coordinator_data.rehydrate()  # type: ignore[union-attr]
+    concurrency = ConcurrencyConfig.from_concurrency_settings(
+        ref.settings["concurrency"], coordinator.get_run_queue_config()
+    )
+    assert concurrency.run_queue_config.max_concurrent_runs == 20  # type: ignore[union-attr]
+    assert concurrency.pool_config.default_pool_limit == 4
+    assert concurrency.pool_config.pool_granularity is PoolGranularity.RUN
+    launcher = ref.run_launcher_data
+    assert (launcher.module_name, launcher.class_name) == ("dagster_k8s", "K8sRunLauncher")  # type: ignore[union-attr]
+    # The key reaches run pods from a Secret, never as a plain env var copied into the Job spec.
+    assert launcher.config_dict["env_secrets"] == ["kie-api-key"]  # type: ignore[union-attr]
+    assert "KIE_API_KEY" not in launcher.config_dict["env_vars"]  # type: ignore[union-attr]
+    assert set(launcher.config_dict["env_vars"]) >= {  # type: ignore[union-attr]
+        "KIE_STORE",
+        "KIE_MANIFEST",
+        "KIE_CREATE_LIMIT",
+    }
+    assert ref.settings["telemetry"] == {"enabled": False}
+
+
+def _fresh_python(code: str, **env: str) -> dict[str, Any]:
+    """Run ``code`` in a new interpreter (no KIE_* from the caller) and return the JSON it prints last."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KIE_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+DAGSTER_FREE_MODULES = [
+    "kie_pipeline",
+    "kie_pipeline.client",
+    "kie_pipeline.emulator",
+    "kie_pipeline.pipeline",
+    "kie_pipeline.pipeline.manifest",
+    "kie_pipeline.pipeline.store",
+    "kie_pipeline.pipeline.catalog",
+    "kie_pipeline.pipeline.generation",
+]
+
+
+@pytest.mark.parametrize("module", DAGSTER_FREE_MODULES)
+def test_module_imports_without_dagster(module: str) -> None:
+    """The client, the emulator and the pipeline core stay usable from any orchestrator or script."""
+    loaded = _fresh_python(
+        f"import importlib, json, sys; importlib.import_module({module!r}); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0].startswith('dagster'))))"
+    )
+    assert loaded == [], f"{module} imports {loaded[:5]}"
+
+
+def test_importing_the_package_reads_no_kie_environment(tmp_path: Path) -> None:
+    """`import kie_pipeline` neither reads KIE_* nor builds the definitions (nor touches the store)."""
+    store = tmp_path / "odd" / "store"
+    code = """
+import json, os, sys
+reads = []
+getitem = os._Environ.__getitem__
+def recording(self, key):
+    if str(key).startswith("KIE_"):
+        reads.append(key)
+    return getitem(self, key)
+os._Environ.__getitem__ = recording  # os.environ.get, `in` and [] all go through it
+import kie_pipeline
+print(json.dumps({"reads": reads, "definitions": "kie_pipeline.definitions" in sys.modules}))
+"""
+    result = _fresh_python(code, KIE_STORE=str(store), KIE_MANIFEST=str(tmp_path / "odd" / "prompts.csv"))
+    assert result == {"reads": [], "definitions": False}
+    assert not (tmp_path / "odd").exists()
