@@ -41,9 +41,10 @@ class KieResource(dg.ConfigurableResource):
     backoff_max_s: float = Field(default=60.0, description="Longest retry backoff.")
     max_download_mb: int = Field(default=50, description="Refuse result files larger than this.")
     rate_limit_dir: str | None = Field(
-        default=os.path.join(tempfile.gettempdir(), "kie-pipeline"),
-        description="Folder of the rate-limit windows shared by every run on this machine "
-        "(None: per process). Across machines, give each one a share: create_limit = 20 / machines.",
+        default="",
+        description="Folder of the rate-limit windows shared by every run on this machine; empty: "
+        "kie-pipeline/ in this machine's temporary folder (resolved when a run starts); None: per "
+        "process. Across machines, give each one a share: create_limit = 20 / machines.",
     )
 
     def get_client(self) -> AsyncKieClient:
@@ -64,8 +65,14 @@ class KieResource(dg.ConfigurableResource):
             backoff_initial=self.backoff_initial_s,
             backoff_max=self.backoff_max_s,
             max_download_bytes=self.max_download_mb * 1024 * 1024,
-            shared_limit_dir=self.rate_limit_dir,
+            shared_limit_dir=self._limit_dir(),
         )
+
+    def _limit_dir(self) -> str | None:
+        if self.rate_limit_dir == "":
+            # Resolved at run time, not at import: TMPDIR is the run's, not the importer's.
+            return os.path.join(tempfile.gettempdir(), "kie-pipeline")
+        return self.rate_limit_dir
 
 
 class DatasetResource(dg.ConfigurableResource):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,13 @@ def env(tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatc
     from .pipeline_helpers import SAMPLE, write_manifest
 
     write_manifest(str(tmp_path / "prompts.csv"), SAMPLE)
+    # Everything the project writes to the temporary folder (rate-limit windows, lock files, the
+    # fallback file of unrecorded tasks) lands in this test's folder, is scanned by the key-leak
+    # test, and is removed with it.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setenv("KIE_API_KEY", emulator.config.api_key)
     monkeypatch.setenv("KIE_BASE_URL", emulator.url)
     monkeypatch.setenv("KIE_MANIFEST", str(tmp_path / "prompts.csv"))

@@ -149,3 +149,33 @@ def test_random_manifests_validate_or_raise_manifest_error(records) -> None:
         assert exc.problems
         return
     assert len(out) == len(df) and out["id"].is_unique
+
+
+_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,11}", fullmatch=True)
+_valid_row = st.fixed_dictionaries(
+    {
+        "batch": st.sampled_from(["b1", "b.2", "night_3"]),
+        "prompt": st.text(min_size=1, max_size=40).filter(lambda t: t.strip() != ""),
+        "aspect_ratio": st.one_of(st.none(), st.sampled_from(["1:1", "16:9", "9:16", "auto"])),
+        "resolution": st.one_of(st.none(), st.sampled_from(["1K", "2K", "4K"])),
+        "output_format": st.one_of(st.none(), st.sampled_from(["png", "jpg"])),
+        "image_input": st.one_of(
+            st.none(), st.just('["https://e.com/a.png"]'), st.just("https://e.com/b.png")
+        ),
+    }
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_ids, min_size=1, max_size=6, unique=True), st.booleans(), st.data())
+def test_random_valid_manifests_are_accepted_with_one_request_per_row(ids, batch_column, data) -> None:
+    """Valid manifests of 1 to 6 rows (every optional field present or not) pass, each row once."""
+    records = [{"id": i, **data.draw(_valid_row)} for i in ids]
+    df = pd.DataFrame(records)
+    if not batch_column:
+        df = df.drop(columns=["batch"])
+    out = validate_manifest(df)
+    assert list(out["id"]) == ids and out["request_key"].is_unique
+    assert set(out["batch"]) <= {"b1", "b.2", "night_3", "default"}
+    for rec, inp in zip(records, out["input_json"], strict=True):
+        assert json.loads(inp)["prompt"] == rec["prompt"]

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -164,6 +165,11 @@ def test_api_key_never_written_logged_or_shown(tmp_path, monkeypatch, caplog) ->
     caplog.set_level(logging.DEBUG)
     config = EmulatorConfig(api_key=secret, render_scale=1 / 16, latency=(0.02, 0.1))
     config.faults.error_500 = 0.2
+    # The temporary folder too: rate-limit windows, locks and fallback files are written there.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     with EmulatorServer(config) as server:
         write_manifest(str(tmp_path / "prompts.csv"), SAMPLE)
         monkeypatch.setenv("KIE_API_KEY", secret)
@@ -183,11 +189,15 @@ def test_api_key_never_written_logged_or_shown(tmp_path, monkeypatch, caplog) ->
             shown = [str(e) for e in failed.all_events] + [repr(pipe.resources["kie"])]
             logs = [e.message for e in instance.all_logs(failed.run_id)]
     written = b""
+    names = []
     for path in tmp_path.rglob("*"):
+        names.append(str(path.relative_to(tmp_path)))
         if path.is_file():
             written += path.read_bytes()
     assert len(written) > 10_000  # the store, the tables and Dagster's own sqlite event logs
+    assert list((tmp / "kie-pipeline").glob("*.window"))  # the shared limiter's files were scanned
     assert secret.encode() not in written
+    assert not [n for n in names if secret in n or secret[-8:] in n]  # nor in any file or folder name
     assert secret not in caplog.text + "\n".join(shown) + "\n".join(logs)
 
 

@@ -9,6 +9,7 @@ createTask is retried only when Kie cannot have created the task (see :meth:`Asy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
@@ -102,18 +103,15 @@ class AsyncKieClient:
         self.max_download_bytes = max_download_bytes
         self._attempts = max_attempts
         self._backoff = (backoff_initial, backoff_max)
-        # A small margin on each window: the server counts arrivals, we count departures.
         self.create_limiter: SlidingWindowLimiter | SharedSlidingWindowLimiter
         self.poll_limiter: SlidingWindowLimiter | SharedSlidingWindowLimiter
         if shared_limit_dir:
             path = functools.partial(shared_limiter_path, shared_limit_dir, self.base_url, api_key)
-            self.create_limiter = SharedSlidingWindowLimiter(
-                path("create"), create_limit, create_period, margin=0.25
-            )
-            self.poll_limiter = SharedSlidingWindowLimiter(path("poll"), poll_limit, poll_period, margin=0.15)
+            self.create_limiter = SharedSlidingWindowLimiter(path("create"), create_limit, create_period)
+            self.poll_limiter = SharedSlidingWindowLimiter(path("poll"), poll_limit, poll_period)
         else:
-            self.create_limiter = SlidingWindowLimiter(create_limit, create_period, margin=0.25)
-            self.poll_limiter = SlidingWindowLimiter(poll_limit, poll_period, margin=0.15)
+            self.create_limiter = SlidingWindowLimiter(create_limit, create_period)
+            self.poll_limiter = SlidingWindowLimiter(poll_limit, poll_period)
         limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -168,10 +166,10 @@ class AsyncKieClient:
             on_retry=self._on_retry,
         ):
             with attempt:
-                if limiter is not None:
-                    await limiter.acquire()
                 try:
-                    async with self._request_slots:
+                    # The limiter's slot spans the whole request: it ends when the answer is back,
+                    # so the server's window holds whatever the request's delays (ratelimit.py).
+                    async with limiter.slot() if limiter else contextlib.nullcontext(), self._request_slots:
                         response = await self._http.request(method, path, json=json, params=params)
                 except httpx.HTTPError as exc:
                     raise transport_error(exc, endpoint, idempotent=idempotent) from None

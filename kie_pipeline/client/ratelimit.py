@@ -1,40 +1,75 @@
-"""A sliding-window rate limiter.
+"""A sliding-window rate limiter that holds at the server, whatever the network does.
 
 Kie's limits ("20 createTask per 10 s") may be counted over any window, so the limiter guarantees
-that no window of ``period`` seconds ever holds more than ``limit`` acquisitions, rather than an
-average rate (a token bucket would allow a burst of ``limit`` right after a full window). A small
-``margin`` is added to the window to absorb network jitter between our clock and the server's.
+that no window of ``period`` seconds ever holds more than ``limit`` requests, rather than an average
+rate (a token bucket would allow a burst of ``limit`` right after a full window).
+
+The server counts a request when it *arrives*, which is some time after we send it (a queue for a
+connection, a busy machine, the network) and before its answer comes back. So each request holds its
+slot from the moment it is sent until its answer is back (:meth:`slot`), and its slot then stays in
+the window for ``period`` seconds after the answer. For requests ``k`` and ``k + limit`` this gives
+``arrival(k + limit) >= sent(k + limit) >= answered(k) + period >= arrival(k) + period``: no window
+at the server can hold more than ``limit`` arrivals, however late or jittery the requests are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
 import random
 import time
-from collections import deque
+import uuid
+from collections.abc import AsyncIterator
+
+#: A request whose answer never came back (its process died) stops holding its slot after this long.
+STALE_AFTER = 120.0
+#: Re-check interval while the window is full of requests still in flight.
+_RECHECK = 0.02
+
+
+class _Stamp:
+    __slots__ = ("at", "done")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.done = False
 
 
 class SlidingWindowLimiter:
-    """At most ``limit`` acquisitions in any ``period``-second window (asyncio)."""
+    """At most ``limit`` requests in any ``period``-second window at the server (asyncio)."""
 
-    def __init__(self, limit: int, period: float, *, margin: float = 0.0) -> None:
+    def __init__(self, limit: int, period: float) -> None:
         if limit < 1 or period <= 0:
             raise ValueError("limit must be >= 1 and period > 0")
         self.limit = limit
         self.period = period
-        self.margin = margin
-        self._stamps: deque[float] = deque()
+        self._stamps: list[_Stamp] = []
         self._lock: asyncio.Lock | None = None
         self._paused_until = 0.0
 
-    def _window(self) -> float:
-        return self.period + self.margin
+    def _wait(self, now: float) -> float | None:
+        """None if a slot is free now, else how long to wait before looking again."""
+        live = []
+        for st in self._stamps:
+            if not st.done and now - st.at >= STALE_AFTER:
+                st.done = True
+            if not st.done or now - st.at < self.period:
+                live.append(st)
+        self._stamps = live
+        if len(live) < self.limit:
+            return None
+        # Free when the limit-th newest slot leaves the window; a slot in flight leaves it only
+        # after its answer, so look again soon.
+        ends = sorted((st.at + self.period) if st.done else float("inf") for st in live)
+        end = ends[len(ends) - self.limit]
+        return _RECHECK if end == float("inf") else max(0.0, end - now)
 
-    async def acquire(self) -> None:
-        """Wait until one more request fits in every window, then take the slot."""
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a slot for one request: wait for room, send inside, and the slot ends at the answer."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         # The lock makes waiters take slots in arrival order (FIFO), so no request starves.
@@ -44,12 +79,22 @@ class SlidingWindowLimiter:
                 if now < self._paused_until:
                     await asyncio.sleep(self._paused_until - now)
                     continue
-                while self._stamps and now - self._stamps[0] >= self._window():
-                    self._stamps.popleft()
-                if len(self._stamps) < self.limit:
-                    self._stamps.append(now)
-                    return
-                await asyncio.sleep(self._window() - (now - self._stamps[0]))
+                wait = self._wait(now)
+                if wait is None:
+                    stamp = _Stamp(now)
+                    self._stamps.append(stamp)
+                    break
+                await asyncio.sleep(wait)
+        try:
+            yield
+        finally:
+            stamp.at = time.monotonic()  # the window of this request starts at its answer
+            stamp.done = True
+
+    async def acquire(self) -> None:
+        """Take a slot for a request that is over at once (kept for simple callers and tests)."""
+        async with self.slot():
+            pass
 
     def pause(self, seconds: float) -> None:
         """Take no slot for ``seconds`` (after a 429 that said Retry-After), for every caller."""
@@ -59,60 +104,91 @@ class SlidingWindowLimiter:
 class SharedSlidingWindowLimiter:
     """The same guarantee as :class:`SlidingWindowLimiter`, shared by every process on one machine.
 
-    The window's timestamps live in a small file, read and written under an exclusive ``flock``, so
-    several runs (or executor processes) that use one Kie account pace together. Timestamps are
-    ``time.monotonic()``, which on Linux is one clock for the whole machine.
+    The window lives in a small file, read and written under an exclusive ``flock``, so several runs
+    (or executor processes) that use one Kie account pace together. Each line is one request: a
+    token, its time (``time.monotonic()``, one clock for the whole machine on Linux) and whether its
+    answer is back.
     """
 
-    def __init__(self, path: str, limit: int, period: float, *, margin: float = 0.0) -> None:
+    def __init__(self, path: str, limit: int, period: float) -> None:
         if limit < 1 or period <= 0:
             raise ValueError("limit must be >= 1 and period > 0")
         self.path = path
         self.limit = limit
         self.period = period
-        self.margin = margin
         self._paused_until = 0.0
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
 
-    def _try_take(self) -> float | None:
-        """Take a slot if one is free (None), else return how long to wait."""
-        window = self.period + self.margin
+    def _update(self, take: str | None = None, finish: str | None = None) -> float | None:
+        """Under the file lock: drop old entries, then take a slot (None) or say how long to wait,
+        or mark ``finish`` as answered now."""
         with open(self.path, "a+", encoding="ascii") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
             fh.seek(0)
             now = time.monotonic()
-            # Stamps from the future belong to a previous boot of the machine: drop them.
-            stamps = sorted(s for s in (_float(x) for x in fh.read().split()) if 0 <= now - s < window)
-            if len(stamps) >= self.limit:
-                return window - (now - stamps[-self.limit])
-            stamps.append(now)
+            entries: list[tuple[str, float, bool]] = []
+            for line in fh.read().split():
+                parsed = _parse(line)
+                if parsed is None:
+                    continue
+                token, at, done = parsed
+                if at > now:  # from a previous boot of the machine
+                    continue
+                if not done and now - at >= STALE_AFTER:
+                    done = True
+                if token == finish:
+                    at, done = now, True
+                if not done or now - at < self.period:
+                    entries.append((token, at, done))
+            wait: float | None = None
+            if take is not None:
+                if len(entries) < self.limit:
+                    entries.append((take, now, False))
+                else:
+                    ends = sorted(at + self.period if done else float("inf") for _, at, done in entries)
+                    end = ends[len(ends) - self.limit]
+                    wait = _RECHECK if end == float("inf") else max(0.0, end - now)
             fh.seek(0)
             fh.truncate()
-            fh.write(" ".join(f"{s:.6f}" for s in stamps[-self.limit :]))
-            return None
+            fh.write("\n".join(f"{t},{at:.6f},{int(done)}" for t, at, done in entries))
+            return wait
 
-    async def acquire(self) -> None:
-        """Wait until one more request fits in every window (across processes), then take the slot."""
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a slot for one request (across processes); it ends when the answer is back."""
+        token = uuid.uuid4().hex[:12]
         while True:
             now = time.monotonic()
             if now < self._paused_until:
                 await asyncio.sleep(self._paused_until - now)
                 continue
-            wait = await asyncio.to_thread(self._try_take)
+            wait = await asyncio.to_thread(self._update, token)
             if wait is None:
-                return
+                break
             await asyncio.sleep(wait + random.uniform(0, 0.01))  # de-synchronise the waiting processes
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self._update, None, token)
+
+    async def acquire(self) -> None:
+        """Take a slot for a request that is over at once."""
+        async with self.slot():
+            pass
 
     def pause(self, seconds: float) -> None:
         """Take no slot for ``seconds`` in this process (after a 429 that said Retry-After)."""
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
 
-def _float(text: str) -> float:
+def _parse(line: str) -> tuple[str, float, bool] | None:
+    parts = line.split(",")
+    if len(parts) != 3:
+        return None
     try:
-        return float(text)
+        return parts[0], float(parts[1]), parts[2] == "1"
     except ValueError:
-        return -1.0
+        return None
 
 
 def shared_limiter_path(directory: str, base_url: str, api_key: str, name: str) -> str:
