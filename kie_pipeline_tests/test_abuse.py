@@ -96,7 +96,7 @@ def test_readers_never_see_a_partial_table(env, emulator, instance) -> None:
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        for _ in range(6):
+        for _ in range(4):
             pipe.manifest()
             pipe.catalog()
     finally:

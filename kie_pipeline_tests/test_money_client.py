@@ -356,7 +356,8 @@ def test_price_table_matches_what_the_emulator_charges(emulator: EmulatorServer)
     assert estimate_credits("no-such-model", PROMPT) is None
     assert estimate_credits(MODEL, {"resolution": "4K"}, prices={MODEL: {"4K": 30}}) == 30.0
     assert estimate_credits(MODEL, {"resolution": "2K"}, prices={MODEL: {"4K": 30}}) is None
-    assert estimate_credits("flat", {}, prices={"flat": {"*": 4}}) == 4.0
+    assert estimate_credits("google/nano-banana", {}, prices={"google/nano-banana": {"*": 3}}) == 3.0
+    assert estimate_credits("flat", {}, prices={"flat": {"*": 4}}) is None  # not a known model
     assert set(PRICES[MODEL]) == {"1K", "2K", "4K"}
 
 

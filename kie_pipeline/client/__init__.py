@@ -23,12 +23,14 @@ from .errors import (
 from .models import DownloadResult, KieUsage, TaskRecord, TaskState
 from .pricing import PRICES, estimate_credits
 from .ratelimit import SlidingWindowLimiter
+from .registry import DEFAULT_MODEL, MODELS, MediaType, ModelSpec, get_model, validate_input
 from .sync import KieClient
-from .validation import NANO_BANANA_PRO, validate_input
+from .waiting import PollingWaiter, Waiter
 
 __all__ = [
     "DEFAULT_BASE_URL",
-    "NANO_BANANA_PRO",
+    "DEFAULT_MODEL",
+    "MODELS",
     "PRICES",
     "AsyncKieClient",
     "DownloadResult",
@@ -51,9 +53,14 @@ __all__ = [
     "KieUpstreamTimeoutError",
     "KieUsage",
     "KieValidationError",
+    "MediaType",
+    "ModelSpec",
+    "PollingWaiter",
     "SlidingWindowLimiter",
     "TaskRecord",
     "TaskState",
+    "Waiter",
     "estimate_credits",
+    "get_model",
     "validate_input",
 ]

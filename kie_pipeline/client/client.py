@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
-import time
 from typing import Any
 
 import httpx
@@ -24,12 +22,12 @@ from .errors import (
     KieError,
     KieInsufficientCreditsError,
     KieRateLimitError,
-    KieTaskTimeoutError,
 )
 from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord
 from .ratelimit import SharedSlidingWindowLimiter, SlidingWindowLimiter, shared_limiter_path
+from .registry import validate_input
 from .transport import created_task_id, retrying, transport_error, unwrap_response
-from .validation import validate_input
+from .waiting import PollingWaiter
 
 DEFAULT_BASE_URL = "https://api.kie.ai"
 #: Connections per client (API and file hosts each); more requests than this wait their turn.
@@ -255,26 +253,7 @@ class AsyncKieClient:
         Polls after ``first_delay`` (default ``poll_initial``), then backs off to ``poll_max``.
         Raises :class:`KieTaskTimeoutError` after ``timeout`` (default ``wait_timeout``) seconds.
         """
-        timeout = self.wait_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        delay = self.poll_initial if first_delay is None else first_delay
-        interval = self.poll_initial
-        last_state: str | None = None
-        while True:
-            remaining = deadline - time.monotonic()
-            if delay > 0:
-                if remaining <= 0:
-                    raise KieTaskTimeoutError(task_id, timeout, last_state)
-                # Jitter spreads the polls of tasks created in the same instant.
-                await asyncio.sleep(min(delay * random.uniform(0.9, 1.1), remaining))
-            record = await self.get_task(task_id)
-            last_state = record.state.value
-            if record.is_terminal:
-                return record
-            if time.monotonic() >= deadline:
-                raise KieTaskTimeoutError(task_id, timeout, last_state)
-            delay = interval
-            interval = min(interval * self.poll_backoff, self.poll_max)
+        return await PollingWaiter(self).wait(task_id, timeout=timeout, first_delay=first_delay)
 
     async def run(self, model: str, input: dict[str, Any], *, timeout: float | None = None) -> TaskRecord:
         """Create a task and wait for its final record."""

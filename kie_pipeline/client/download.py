@@ -13,7 +13,7 @@ import httpx
 
 from .errors import KieDownloadError
 from .models import DownloadResult, FetchedFile
-from .validation import is_http_url
+from .registry import is_http_url
 
 #: Content types accepted for a result file; anything else (an HTML error page, say) is refused.
 ACCEPTED_CONTENT_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")

@@ -25,11 +25,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kie_pipeline.client.errors import KieValidationError
+from kie_pipeline.client.registry import MODELS
+
 from .render import render
 from .state import Emulator, Task
 
-ASPECT_RATIOS = {"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9", "auto"}
-SUPPORTED_MODELS = {"nano-banana-pro"}
 CREATE_PATH = "/api/v1/jobs/createTask"
 #: Scope key through which the createTask handler tells FaultInjection to lose its answer.
 LOST_ANSWER_KEY = "kie_emulator.lost_answer"
@@ -55,27 +56,17 @@ def _authorized(emu: Emulator, request: Request) -> bool:
 
 
 def _check_input(model: Any, inp: Any) -> str | None:
-    """Kie's documented rules for nano-banana-pro; returns a 422 message or None."""
+    """Kie's documented rules for the model (the model registry); a 422 message or None."""
     if not isinstance(model, str) or not model:
         return "model is required"
-    if model not in SUPPORTED_MODELS:
+    if model not in MODELS:
         return f"model {model!r} is not supported"
     if not isinstance(inp, dict):
         return "input is required"
-    prompt = inp.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        return "prompt: is required"
-    if len(prompt) > 10000:
-        return "prompt: must be at most 10000 characters"
-    images = inp.get("image_input", [])
-    if not isinstance(images, list) or len(images) > 8:
-        return "image_input: at most 8 images"
-    if inp.get("aspect_ratio", "1:1") not in ASPECT_RATIOS:
-        return "aspect_ratio: invalid value"
-    if inp.get("resolution", "1K") not in {"1K", "2K", "4K"}:
-        return "resolution: invalid value"
-    if inp.get("output_format", "png") not in {"png", "jpg"}:
-        return "output_format: invalid value"
+    try:
+        MODELS[model].validate(inp)
+    except KieValidationError as exc:
+        return exc.message
     return None
 
 
@@ -153,8 +144,7 @@ def build_app(emu: Emulator) -> Starlette:
         if task.expired(time.monotonic(), emu.config.retention):
             return _error(emu, 404, "file has expired: Kie keeps generated files for a limited time")
         fresh = emu.new_token(task.task_id, entry.index, emu.config.download_url_ttl)
-        ext = "jpg" if task.input.get("output_format") == "jpg" else "png"
-        return _ok(f"{_base(request)}/files/{fresh}.{ext}")
+        return _ok(f"{_base(request)}/files/{fresh}.{task.output.format}")
 
     async def files(request: Request) -> Response:
         name = request.path_params["name"]
@@ -165,14 +155,14 @@ def build_app(emu: Emulator) -> Starlette:
         task = emu.tasks[entry.task_id]
         if task.expired(now, emu.config.retention):
             return Response("Not Found", status_code=404, media_type="text/plain")
-        inp = task.input
-        fmt = "jpg" if inp.get("output_format") == "jpg" else "png"
+        out = task.output
+        fmt = out.format
         data = await asyncio.to_thread(
             render,
             task.task_id,
-            str(inp.get("prompt", "")),
-            str(inp.get("aspect_ratio", "1:1")),
-            str(inp.get("resolution", "1K")),
+            str(task.input.get("prompt", "")),
+            out.aspect_ratio,
+            out.resolution,
             fmt,
             emu.config.render_scale,
             entry.index,

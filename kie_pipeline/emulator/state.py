@@ -11,6 +11,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from kie_pipeline.client.registry import MODELS, Output
+
 from .config import FAIL_MARKER, STUCK_MARKER, EmulatorConfig
 
 
@@ -28,6 +30,8 @@ class Task:
     cost: int = 0
     #: How many result URLs the task returns (fixed at creation).
     results: int = 1
+    #: What the task returns (size, format, count), from the model registry.
+    output: Output = field(default_factory=lambda: Output("1:1", "1K", "png"))
     result_tokens: list[str] | None = None
     callback_sent: bool = False
 
@@ -140,8 +144,15 @@ class Emulator:
 
     # -- tasks ---------------------------------------------------------------------------------
     def cost_of(self, request: dict[str, Any]) -> int:
-        resolution = (request.get("input") or {}).get("resolution")
-        return self.config.cost_per_image_4k if resolution == "4K" else self.config.cost_per_image
+        """nano-banana-pro costs what the emulator is set to; other models their registry price."""
+        inp = request.get("input") or {}
+        spec = MODELS.get(request.get("model", ""))
+        if spec is None or spec.name == "nano-banana-pro":
+            return (
+                self.config.cost_per_image_4k if inp.get("resolution") == "4K" else self.config.cost_per_image
+            )
+        price = spec.price(spec.validate(inp))
+        return int(price) if price is not None else self.config.cost_per_image
 
     def create(self, request: dict[str, Any]) -> Task | int:
         """Create a task, or return the balance when it is too low for this one."""
@@ -153,6 +164,10 @@ class Emulator:
             self.stats.credits_spent += cost
             lo, hi = self.config.latency
             prompt = str((request.get("input") or {}).get("prompt", ""))
+            spec = MODELS.get(request["model"])
+            output = (
+                spec.output(spec.validate(request.get("input") or {})) if spec else Output("1:1", "1K", "png")
+            )
             task = Task(
                 task_id=uuid.uuid4().hex,
                 model=request["model"],
@@ -163,7 +178,8 @@ class Emulator:
                 fail=FAIL_MARKER in prompt,
                 stuck=STUCK_MARKER in prompt,
                 cost=cost,
-                results=max(1, int(self.config.results_per_task)),
+                results=max(1, int(self.config.results_per_task), output.count),
+                output=output,
             )
             self.tasks[task.task_id] = task
             self.stats.created += 1
@@ -192,7 +208,7 @@ class Emulator:
                     self.new_token(task.task_id, i, self.config.result_url_ttl, start=task.completed_at())
                     for i in range(task.results)
                 ]
-            ext = "jpg" if task.input.get("output_format") == "jpg" else "png"
+            ext = task.output.format
             base = base_url.rstrip("/")
             result_json = json.dumps({"resultUrls": [f"{base}/files/{t}.{ext}" for t in task.result_tokens]})
         record = {

@@ -35,8 +35,10 @@ from kie_pipeline.client import (
     KieInsufficientCreditsError,
     KieNotFoundError,
     KieTaskTimeoutError,
+    PollingWaiter,
     TaskRecord,
     TaskState,
+    Waiter,
     estimate_credits,
 )
 
@@ -136,8 +138,10 @@ class _Batch:
         regenerate_expired: bool,
         prices: Mapping[str, Any] | None,
         progress: Callable[[str], None],
+        waiter: Waiter,
     ) -> None:
         self.client = client
+        self.waiter = waiter
         self.store = store
         self.submitters = submitters
         self.max_consecutive_failures = max_consecutive_failures
@@ -333,7 +337,7 @@ class _Batch:
 
     async def _finish(self, row: dict[str, Any], rec: dict[str, Any], *, first_delay: float | None) -> None:
         try:
-            final = await self.client.wait(rec["task_id"], timeout=self.wait_timeout, first_delay=first_delay)
+            final = await self.waiter.wait(rec["task_id"], timeout=self.wait_timeout, first_delay=first_delay)
         except KieTaskTimeoutError as exc:
             rec.update(status=TIMEOUT, error=str(exc), kie={"state": exc.last_state})
             self.summary.timed_out += 1
@@ -655,6 +659,7 @@ def result_row(
         completed_at=kie.get("complete_time"),
         submitted_at=rec.get("submitted_at"),
         request_key=row["request_key"],
+        input=row.get("input_json"),
         aspect_ratio=row.get("aspect_ratio"),
         resolution=row.get("resolution"),
         output_format=row.get("output_format"),
@@ -682,11 +687,13 @@ async def generate_batch(
     progress: Callable[[str], None] = log.info,
     progress_interval: float = 10.0,
     lease_owner: str | None = None,
+    waiter: Waiter | None = None,
 ) -> tuple[pd.DataFrame, BatchSummary]:
     """Generate every row of a validated manifest slice; return one result row per result.
 
     A row whose task produced several results gives one row per result (``result_index`` 0, 1, ...);
     any other row gives one row. ``progress`` receives a line every ``progress_interval`` seconds.
+    ``waiter`` waits for each task (default: polling through ``client``).
 
     Raises:
         SystemicError: after recording everything already paid for, when submissions stopped
@@ -702,6 +709,7 @@ async def generate_batch(
         regenerate_expired=regenerate_expired,
         prices=prices,
         progress=progress,
+        waiter=waiter or PollingWaiter(client),
     )
     rows = manifest_rows.to_dict("records")
     started = time.monotonic()

@@ -18,13 +18,16 @@ from typing import Any
 import fsspec
 import pandas as pd
 
-from kie_pipeline.client import NANO_BANANA_PRO, KieValidationError, validate_input
+from kie_pipeline.client import DEFAULT_MODEL, KieValidationError, get_model
 from kie_pipeline.client.transport import dumps
 
 from .schema import RESERVED_NAMES
 
 REQUIRED_COLUMNS = ("id", "prompt")
-INPUT_COLUMNS = ("aspect_ratio", "resolution", "output_format", "image_input")
+#: Named columns for the fields most models share; each model maps them to its own field names
+#: (kie_pipeline.client.registry). Anything else goes in the ``input`` column, a JSON object.
+NAMED_INPUT_COLUMNS = ("aspect_ratio", "resolution", "output_format", "image_input")
+INPUT_COLUMNS = (*NAMED_INPUT_COLUMNS, "input")
 #: The batch (partition) of every row of a manifest without a ``batch`` column.
 DEFAULT_BATCH = "default"
 #: Partition keys appear in paths and URLs: keep them to a safe alphabet.
@@ -209,27 +212,22 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
         elif not BATCH_PATTERN.match(batch):
             bad("batch", f"{batch[:40]!r} must be 1-100 of A-Z a-z 0-9 . _ - (it names a partition)", rid)
 
-        model = _text(rec.get("model")) or NANO_BANANA_PRO
+        model = _text(rec.get("model")) or DEFAULT_MODEL
         prompt = rec.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             bad("prompt", "is empty", rid)
-        inp: dict[str, Any] = {"prompt": prompt}
-        for col in ("aspect_ratio", "resolution", "output_format"):
-            value = _text(rec.get(col))
-            if value is not None:
-                inp[col] = value.strip()
-        try:
-            images = parse_image_input(rec.get("image_input"))
-            if images:
-                inp["image_input"] = images
-        except ValueError as exc:
-            bad("image_input", f"is not a JSON list or '|'-separated URLs ({exc})", rid)
         normalized: dict[str, Any] = {}
-        if not row_problems:
-            try:
-                normalized = validate_input(model, inp)
-            except KieValidationError as exc:
-                bad(exc.field or "input", exc.message, rid)
+        try:
+            spec = get_model(model)
+        except KieValidationError as exc:
+            bad("model", exc.message, rid)
+        else:
+            inp, sources = _row_input(rec, spec.columns, prompt, lambda f, m, _r=rid: bad(f, m, _r))
+            if not row_problems:
+                try:
+                    normalized = spec.validate(inp)
+                except KieValidationError as exc:
+                    bad(sources.get(exc.field or "", "input"), exc.message, rid)
         problems.extend(row_problems)
         if row_problems:
             continue
@@ -240,10 +238,8 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
                 "batch": batch,
                 "model": model,
                 "prompt": prompt,
-                "aspect_ratio": normalized.get("aspect_ratio"),
-                "resolution": normalized.get("resolution"),
-                "output_format": normalized.get("output_format"),
-                "image_input": json.dumps(normalized.get("image_input", [])),
+                # The named columns as the model understood them (None where it has no such field).
+                **{c: _named_value(normalized, spec.columns.get(c)) for c in NAMED_INPUT_COLUMNS},
                 "input_json": dumps(normalized),
                 "request_key": request_key(rid, model, normalized),
                 "row_number": i,
@@ -256,6 +252,55 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
     for col in extras:  # keep the extra columns' original (nullable) dtypes
         out[col] = df[col].array
     return out
+
+
+def _row_input(
+    rec: dict[str, Any], columns: Any, prompt: Any, bad: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A row's request input from its ``input`` JSON and its named columns, and where each field came
+    from (so that a problem names the manifest's column, not Kie's field)."""
+    inp: dict[str, Any] = {}
+    sources: dict[str, str] = {"prompt": "prompt"}
+    raw = _text(rec.get("input"))
+    if raw is not None:
+        try:
+            parsed = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            bad("input", f"is not valid JSON ({exc})")
+            parsed = {}
+        if not isinstance(parsed, dict):
+            bad("input", "must be a JSON object of the model's fields")
+            parsed = {}
+        inp.update(parsed)
+        sources.update({k: f"input.{k}" for k in parsed})
+    inp["prompt"] = prompt
+    for col in NAMED_INPUT_COLUMNS:
+        raw_value = rec.get(col)
+        if col == "image_input":
+            try:
+                value: Any = parse_image_input(raw_value) or None
+            except ValueError as exc:
+                bad(col, f"is not a JSON list or '|'-separated URLs ({exc})")
+                continue
+        else:
+            text = _text(raw_value)
+            value = text.strip() if text is not None else None
+        if value is None:
+            continue
+        field = columns.get(col)
+        if field is None:
+            bad(col, "is not a field of this model; put the model's own fields in the input column (JSON)")
+        elif field in inp and sources.get(field, "").startswith("input."):
+            bad(col, f"sets {field!r}, which the input column sets too")
+        else:
+            inp[field] = value
+            sources[field] = col
+    return inp, sources
+
+
+def _named_value(normalized: dict[str, Any], field: str | None) -> Any:
+    value = normalized.get(field) if field else None
+    return json.dumps(value) if isinstance(value, list) else value
 
 
 def load_manifest(path: str) -> pd.DataFrame:

@@ -48,6 +48,7 @@ CATALOG_COLUMNS: tuple[Column, ...] = (
     Column("completed_at", _UTC_MS, "Kie completeTime"),
     Column("submitted_at", _UTC_MS, "When createTask answered"),
     Column("request_key", "string", "Hash of id + model + input: the idempotency key"),
+    Column("input", "string", "The exact input sent to Kie, in the model's own field names (JSON)"),
     Column("aspect_ratio", "string", "Requested aspect ratio"),
     Column("resolution", "string", "Requested resolution"),
     Column("output_format", "string", "Requested output format"),

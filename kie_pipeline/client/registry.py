@@ -1,0 +1,299 @@
+"""The model registry: every Kie model this client knows, each written once.
+
+An entry says which API family serves the model (its create and status endpoints and the decoder
+of its status answers), the model's input fields as a pydantic model (Kie's names, types, enums,
+limits and defaults, from ``shared/kie``: ``kie-api-docs.md`` and ``kie-models.md`` section 6),
+how the manifest's named columns map to those fields, what media it returns and how many results,
+and the price used for estimates. Validation of manifest rows, of client calls and the emulator's
+acceptance all come from here; golden request and response examples taken from Kie's documents
+(``kie_pipeline_tests/golden/``) check the registry and the emulator independently.
+
+Adding a model is one :class:`ModelSpec` in :data:`MODELS` plus its golden examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import KieValidationError
+from .models import TaskRecord
+
+
+def is_http_url(value: str) -> bool:
+    """True for an absolute http(s) URL with a host."""
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _http_url(value: str) -> str:
+    if not is_http_url(value):
+        raise ValueError(f"is not an http(s) URL: {value[:80]!r}")
+    return value
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be non-empty text")
+    return value
+
+
+#: A public http(s) URL (Kie fetches input images itself).
+Url = Annotated[str, AfterValidator(_http_url)]
+
+
+def Prompt(max_chars: int) -> Any:
+    """A prompt of 1 to ``max_chars`` characters, not blank."""
+    return Annotated[str, Field(min_length=1, max_length=max_chars), AfterValidator(_text)]
+
+
+class MediaType(StrEnum):
+    """What a model returns."""
+
+    IMAGE = "image"
+    VIDEO = "video"
+    AUDIO = "audio"
+
+
+@dataclass(frozen=True)
+class ApiFamily:
+    """One of Kie's APIs: where tasks are created and queried, and how its answers decode."""
+
+    name: str
+    create_path: str
+    status_path: str
+    decode: Callable[[Any], TaskRecord]
+
+
+#: The jobs ("market") API: ``POST /api/v1/jobs/createTask`` with ``{model, input}``.
+JOBS = ApiFamily("jobs", "/api/v1/jobs/createTask", "/api/v1/jobs/recordInfo", TaskRecord.from_api)
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a task with a given input returns (used to render in the emulator and to name files)."""
+
+    aspect_ratio: str
+    resolution: str
+    format: Literal["png", "jpg"]
+    count: int = 1
+
+
+class _Input(BaseModel):
+    # Unknown fields are refused: Kie would ignore a misspelt one and charge for the wrong image.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: its family, input fields, manifest columns, media, results and price."""
+
+    name: str
+    family: ApiFamily
+    input: type[_Input]
+    media: MediaType
+    #: Manifest named column → input field (columns a model does not take are refused, not dropped).
+    columns: Mapping[str, str]
+    output: Callable[[Mapping[str, Any]], Output]
+    #: Estimated credits per task, by the value of ``price_field`` (``"*"``: any value).
+    prices: Mapping[str, float] = field(default_factory=dict)
+    price_field: str | None = None
+
+    def validate(self, input: Mapping[str, Any]) -> dict[str, Any]:
+        """``input`` checked and completed with Kie's documented defaults.
+
+        Defaults are filled in so that two requests that mean the same thing are identical (the
+        pipeline's request key depends on it). Raises :class:`KieValidationError` naming the field.
+        """
+        try:
+            parsed = self.input.model_validate(dict(input))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err["loc"] else "input"
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"][1:])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"is not a field of {self.name} (its fields: {', '.join(self.input.model_fields)})"
+            raise KieValidationError(f"{name}{where}: {msg}.", code=None, field=name) from None
+        return parsed.model_dump(mode="json", exclude_none=True)
+
+    def price(self, input: Mapping[str, Any], prices: Mapping[str, Any] | None = None) -> float | None:
+        """Estimated credits of one task (``prices`` replaces this model's table, same shape)."""
+        table = prices if prices is not None else self.prices
+        key = "*"
+        if self.price_field:
+            # An input that leaves the field out gets Kie's default, and so its price.
+            key = str(input.get(self.price_field, self.input.model_fields[self.price_field].default))
+        value = table.get(key, table.get("*"))
+        return None if value is None else float(value)
+
+
+# -- input models (Kie's field names) --------------------------------------------------------------
+
+ASPECT_RATIOS = Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9", "auto"]
+RESOLUTION = Literal["1K", "2K", "4K"]
+SEEDREAM_SIZES = Literal[
+    "square", "square_hd", "portrait_4_3", "portrait_3_2", "portrait_16_9",
+    "landscape_4_3", "landscape_3_2", "landscape_16_9", "landscape_21_9",
+]  # fmt: skip
+#: The aspect ratio of each size preset (to render in the emulator).
+PRESET_RATIOS = {
+    "square": "1:1", "square_hd": "1:1", "portrait_4_3": "3:4", "portrait_3_2": "2:3",
+    "portrait_16_9": "9:16", "landscape_4_3": "4:3", "landscape_3_2": "3:2", "landscape_16_9": "16:9",
+    "landscape_21_9": "21:9",
+}  # fmt: skip
+
+
+class NanoBananaProInput(_Input):
+    """``nano-banana-pro`` (kie-api-docs.md)."""
+
+    prompt: Prompt(10_000)
+    image_input: list[Url] = Field(default_factory=list, max_length=8)
+    aspect_ratio: ASPECT_RATIOS = "1:1"
+    resolution: RESOLUTION = "1K"
+    output_format: Literal["png", "jpg"] = "png"
+
+
+class NanoBananaInput(_Input):
+    """``google/nano-banana`` (kie-models.md section 6)."""
+
+    prompt: Prompt(5000)
+    image_size: ASPECT_RATIOS = "1:1"
+    output_format: Literal["png", "jpeg"] = "png"
+
+
+class NanoBananaEditInput(NanoBananaInput):
+    """``google/nano-banana-edit``: the same, with 1 to 10 input images."""
+
+    image_urls: list[Url] = Field(min_length=1, max_length=10)
+
+
+class NanoBanana2Input(_Input):
+    """``nano-banana-2`` (``google_search`` is in one copy of Kie's page only: accepted, optional)."""
+
+    prompt: Prompt(20_000)
+    image_input: list[Url] = Field(default_factory=list, max_length=14)
+    aspect_ratio: Literal[
+        "1:1", "1:4", "1:8", "2:3", "3:2", "3:4", "4:1", "4:3", "4:5", "5:4", "8:1", "9:16", "16:9",
+        "21:9", "auto",
+    ] = "auto"  # fmt: skip
+    resolution: RESOLUTION = "1K"
+    output_format: Literal["jpg", "png"] = "jpg"
+    google_search: bool | None = None
+
+
+class SeedreamV4Input(_Input):
+    """``bytedance/seedream-v4-text-to-image``: up to 6 images per task (``max_images``)."""
+
+    prompt: Prompt(5000)
+    image_size: SEEDREAM_SIZES = "square_hd"
+    image_resolution: RESOLUTION = "1K"
+    max_images: int = Field(default=1, ge=1, le=6)
+    seed: int | None = None
+    nsfw_checker: bool | None = None
+
+
+class Flux2TextInput(_Input):
+    """``flux-2/pro-text-to-image`` (prompt 3-5000 on one page, up to 5000 on another: 1-5000)."""
+
+    prompt: Prompt(5000)
+    aspect_ratio: Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3"] = "1:1"
+    resolution: Literal["1K", "2K"] = "1K"
+    nsfw_checker: bool | None = None
+
+
+# -- what each model returns -------------------------------------------------------------------------
+
+
+def _ratio(value: Any) -> str:
+    return "1:1" if value in (None, "auto") else str(value)
+
+
+def _fmt(value: Any) -> Literal["png", "jpg"]:
+    return "jpg" if value in ("jpg", "jpeg") else "png"
+
+
+def _same_fields(inp: Mapping[str, Any]) -> Output:
+    ratio, resolution = _ratio(inp.get("aspect_ratio")), inp.get("resolution", "1K")
+    return Output(ratio, resolution, _fmt(inp.get("output_format")))
+
+
+def _nano_banana(inp: Mapping[str, Any]) -> Output:
+    return Output(_ratio(inp.get("image_size")), "1K", _fmt(inp.get("output_format")))
+
+
+def _seedream(inp: Mapping[str, Any]) -> Output:
+    ratio = PRESET_RATIOS[inp.get("image_size", "square_hd")]
+    return Output(ratio, inp.get("image_resolution", "1K"), "png", int(inp.get("max_images", 1)))
+
+
+# -- the registry ------------------------------------------------------------------------------------
+
+_NAMED = {"prompt": "prompt"}
+#: Prices are estimates (kie-models.md section 9: "mostly unconfirmed", 1 credit is about $0.005);
+#: nano-banana-pro's are Kie's published ones. Override them with ``prices`` where your account differs.
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "nano-banana-pro", JOBS, NanoBananaProInput, MediaType.IMAGE,
+            {**_NAMED, "image_input": "image_input", "aspect_ratio": "aspect_ratio",
+             "resolution": "resolution", "output_format": "output_format"},
+            _same_fields, {"1K": 18, "2K": 18, "4K": 24}, "resolution",
+        ),
+        ModelSpec(
+            "google/nano-banana", JOBS, NanoBananaInput, MediaType.IMAGE,
+            {**_NAMED, "aspect_ratio": "image_size", "output_format": "output_format"},
+            _nano_banana, {"*": 4},
+        ),
+        ModelSpec(
+            "google/nano-banana-edit", JOBS, NanoBananaEditInput, MediaType.IMAGE,
+            {**_NAMED, "aspect_ratio": "image_size", "output_format": "output_format",
+             "image_input": "image_urls"},
+            _nano_banana, {"*": 4},
+        ),
+        ModelSpec(
+            "nano-banana-2", JOBS, NanoBanana2Input, MediaType.IMAGE,
+            {**_NAMED, "image_input": "image_input", "aspect_ratio": "aspect_ratio",
+             "resolution": "resolution", "output_format": "output_format"},
+            _same_fields, {"1K": 8, "2K": 12, "4K": 18}, "resolution",
+        ),
+        ModelSpec(
+            "bytedance/seedream-v4-text-to-image", JOBS, SeedreamV4Input, MediaType.IMAGE,
+            {**_NAMED, "resolution": "image_resolution"},
+            _seedream, {"*": 5},
+        ),
+        ModelSpec(
+            "flux-2/pro-text-to-image", JOBS, Flux2TextInput, MediaType.IMAGE,
+            {**_NAMED, "aspect_ratio": "aspect_ratio", "resolution": "resolution"},
+            _same_fields, {"*": 5},
+        ),
+    )
+}  # fmt: skip
+
+#: The model of a manifest row that names none.
+DEFAULT_MODEL = "nano-banana-pro"
+
+
+def get_model(name: str) -> ModelSpec:
+    """The registry entry of ``name``; unknown models are refused with the list of known ones."""
+    if not isinstance(name, str) or not name.strip():
+        raise KieValidationError("The model must be a non-empty string.", code=None, field="model")
+    spec = MODELS.get(name)
+    if spec is None:
+        raise KieValidationError(
+            f"Unknown model {name!r}; known models: {', '.join(sorted(MODELS))}.", code=None, field="model"
+        )
+    return spec
+
+
+def validate_input(model: str, input: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``input`` for ``model`` and return it with documented defaults filled in."""
+    if not isinstance(input, Mapping):
+        raise KieValidationError("The input must be an object.", code=None, field="input")
+    return get_model(model).validate(input)
