@@ -87,6 +87,7 @@ ROWS = {
         "input": json.dumps({"max_images": 2, "image_size": "portrait_4_3"})
     },
     "flux-2/pro-text-to-image": {"aspect_ratio": "3:2", "resolution": "2K"},
+    "flux-2/pro-image-to-image": {"image_input": "https://example.com/room.png", "aspect_ratio": "2:3"},
 }
 #: (results, orientation) each row must give.
 EXPECTED = {
@@ -96,6 +97,7 @@ EXPECTED = {
     "nano-banana-2": (1, "landscape"),
     "bytedance/seedream-v4-text-to-image": (2, "portrait"),
     "flux-2/pro-text-to-image": (1, "landscape"),
+    "flux-2/pro-image-to-image": (1, "portrait"),
 }
 
 

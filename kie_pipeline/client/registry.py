@@ -207,6 +207,13 @@ class Flux2TextInput(_Input):
     nsfw_checker: bool | None = None
 
 
+class Flux2ImageInput(Flux2TextInput):
+    """``flux-2/pro-image-to-image``: 1 to 8 input images; ``auto`` takes the first input's ratio."""
+
+    input_urls: list[Url] = Field(min_length=1, max_length=8)
+    aspect_ratio: Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "auto"] = "1:1"
+
+
 # -- what each model returns -------------------------------------------------------------------------
 
 
@@ -271,6 +278,12 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "flux-2/pro-text-to-image", JOBS, Flux2TextInput, MediaType.IMAGE,
             {**_NAMED, "aspect_ratio": "aspect_ratio", "resolution": "resolution"},
+            _same_fields, {"*": 5},
+        ),
+        ModelSpec(
+            "flux-2/pro-image-to-image", JOBS, Flux2ImageInput, MediaType.IMAGE,
+            {**_NAMED, "aspect_ratio": "aspect_ratio", "resolution": "resolution",
+             "image_input": "input_urls"},
             _same_fields, {"*": 5},
         ),
     )
