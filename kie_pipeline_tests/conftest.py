@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -32,6 +35,36 @@ def emulator() -> Iterator[EmulatorServer]:
 def make_client(server: EmulatorServer, **options: object) -> AsyncKieClient:
     """An async client of ``server`` with fast polling (override anything with ``options``)."""
     return AsyncKieClient(server.config.api_key, server.url, **{**FAST, **options})  # type: ignore[arg-type]
+
+
+@dataclass
+class CallbackSink:
+    """A plain HTTP server on loopback that keeps every POST body (a stand-in for a callback URL)."""
+
+    url: str
+    received: list[bytes]
+
+
+@pytest.fixture
+def callback_sink() -> Iterator[CallbackSink]:
+    received: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield CallbackSink(f"http://127.0.0.1:{server.server_port}/cb", received)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ import asyncio
 import hashlib
 import logging
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -402,36 +400,20 @@ def test_credits_and_the_sync_facade(emulator: EmulatorServer, tmp_path) -> None
     assert result.bytes == (tmp_path / "s.png").stat().st_size
 
 
-def test_callback_url_receives_the_final_record(emulator: EmulatorServer) -> None:
-    received: list[bytes] = []
+def test_callback_url_receives_the_final_record(emulator: EmulatorServer, callback_sink) -> None:
+    received = callback_sink.received
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
-            self.end_headers()
+    async def go():
+        async with make_client(emulator) as client:
+            task_id = await client.create_task("nano-banana-pro", PROMPT, callback_url=callback_sink.url)
+            record = await client.wait(task_id)
+            for _ in range(100):
+                if received:
+                    break
+                await asyncio.sleep(0.02)
+            return task_id, record
 
-        def log_message(self, *args):
-            pass
-
-    sink = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    try:
-
-        async def go():
-            async with make_client(emulator) as client:
-                url = f"http://127.0.0.1:{sink.server_port}/cb"
-                task_id = await client.create_task("nano-banana-pro", PROMPT, callback_url=url)
-                record = await client.wait(task_id)
-                for _ in range(100):
-                    if received:
-                        break
-                    await asyncio.sleep(0.02)
-                return task_id, record
-
-        task_id, record = run(go())
-    finally:
-        sink.shutdown()
+    task_id, record = run(go())
     import json
 
     from kie_pipeline.client import TaskRecord

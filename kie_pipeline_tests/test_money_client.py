@@ -7,8 +7,6 @@ import asyncio
 import hashlib
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 import httpx
@@ -290,38 +288,24 @@ def test_files_past_retention_are_gone_and_download_url_refuses(emulator: Emulat
 # -- 5: credits per task ---------------------------------------------------------------------------------
 
 
-def test_callbacks_carry_credits_and_record_info_only_when_asked(emulator: EmulatorServer) -> None:
-    received: list[bytes] = []
+def test_callbacks_carry_credits_and_record_info_only_when_asked(
+    emulator: EmulatorServer, callback_sink
+) -> None:
+    received = callback_sink.received
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
-            self.end_headers()
+    async def go():
+        async with make_client(emulator) as client:
+            inp = {**PROMPT, "resolution": "4K"}
+            task_id = await client.create_task(MODEL, inp, callback_url=callback_sink.url)
+            plain = await client.wait(task_id)
+            for _ in range(250):
+                if received:
+                    break
+                await asyncio.sleep(0.02)
+            emulator.config.credits_in_record = True
+            return plain, await client.get_task(task_id), await client.get_credits()
 
-        def log_message(self, *args):
-            pass
-
-    sink = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    try:
-
-        async def go():
-            async with make_client(emulator) as client:
-                url = f"http://127.0.0.1:{sink.server_port}/cb"
-                task_id = await client.create_task(MODEL, {**PROMPT, "resolution": "4K"}, callback_url=url)
-                plain = await client.wait(task_id)
-                for _ in range(250):
-                    if received:
-                        break
-                    await asyncio.sleep(0.02)
-                emulator.config.credits_in_record = True
-                return plain, await client.get_task(task_id), await client.get_credits()
-
-        plain, with_credits, balance = run(go())
-    finally:
-        sink.shutdown()
-        sink.server_close()
+    plain, with_credits, balance = run(go())
     callback = TaskRecord.from_api(json.loads(received[0])["data"])
     assert callback.credits == 24.0 and callback.extra["remainedCredits"] == balance
     assert plain.credits is None and "consumeCredits" not in plain.extra
