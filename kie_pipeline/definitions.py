@@ -55,4 +55,8 @@ def build_definitions() -> dg.Definitions:
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What ``dagster ... -m kie_pipeline.definitions`` and ``workspace.yaml`` load: built when Dagster
+    loads the code location, not when the module is imported (importing reads no environment)."""
+    return build_definitions()

@@ -170,3 +170,28 @@ print(json.dumps({"reads": reads, "definitions": "kie_pipeline.definitions" in s
     result = _fresh_python(code, KIE_STORE=str(store), KIE_MANIFEST=str(tmp_path / "odd" / "prompts.csv"))
     assert result == {"reads": [], "definitions": False}
     assert not (tmp_path / "odd").exists()
+
+
+def test_importing_the_definitions_module_reads_no_environment(tmp_path: Path) -> None:
+    """The definitions are built when Dagster loads the code location (@dg.definitions), not on import."""
+    code = """
+import json, os, sys
+reads = []
+getitem = os._Environ.__getitem__
+def recording(self, key):
+    # Only reads by our own code (libraries copy the whole environment when they start): the first
+    # caller outside the standard library's mapping machinery must be one of our modules.
+    caller = sys._getframe(1)
+    while caller.f_back is not None and caller.f_code.co_filename.startswith("<frozen"):
+        caller = caller.f_back
+    if str(key).startswith("KIE_") and "/kie_pipeline/" in caller.f_code.co_filename:
+        reads.append(key)
+    return getitem(self, key)
+os._Environ.__getitem__ = recording
+import kie_pipeline.definitions as d
+before = list(reads)
+built = d.defs()
+print(json.dumps({"on_import": before, "on_load": sorted(set(reads)), "assets": len(built.assets)}))
+"""
+    result = _fresh_python(code, KIE_STORE=str(tmp_path / "store"))
+    assert result["on_import"] == [] and "KIE_STORE" in result["on_load"] and result["assets"] == 3
