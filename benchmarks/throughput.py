@@ -151,6 +151,14 @@ def catalog(partitions: int, rows_per: int) -> None:
                 }
             )
             typed(df).to_parquet(f"{work}/store/generated_images/{key}.parquet", index=False)
+        # The catalog keeps the rows of the current manifest: a snapshot that holds all of them.
+        snapshot = pd.DataFrame(
+            {
+                "batch": [k for k in keys for _ in range(rows_per)],
+                "id": [f"{k}-{i}" for k in keys for i in range(rows_per)],
+            }
+        )
+        snapshot.to_parquet(f"{work}/store/prompt_manifest.parquet", index=False)
         inst.add_dynamic_partitions("batches", keys)
         t0 = time.monotonic()
         md = materialize(inst, "image_catalog")

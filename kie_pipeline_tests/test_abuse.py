@@ -3,10 +3,10 @@ corrupt records, renamed batches, mixed column types, semicolon CSVs."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -107,33 +107,32 @@ def test_readers_never_see_a_partial_table(env, emulator, instance) -> None:
 
 
 # -- 4. a store that stops being writable mid-run -------------------------------------------------
-def test_store_failing_mid_run_loses_no_task_id(env, emulator, instance) -> None:
+def test_store_failing_mid_run_loses_no_task_id(env, emulator, instance, monkeypatch) -> None:
     emulator.config.latency = (0.5, 0.8)
     rows = [{"id": f"r{i}", "batch": "b", "prompt": f"image {i}"} for i in range(12)]
     write_manifest(str(env / "prompts.csv"), rows)
     pipe = Pipeline(instance, create_limit=2, create_period_s=0.3)
     pipe.manifest()
-    tasks = env / "store" / "tasks"
-    moved = env / "tasks-moved"
+    real_save = TaskStore.save
+    lock = threading.Lock()
+    state = {"recorded": 0, "full": False}
 
-    def break_store() -> None:
-        # Once a few tasks are recorded and another createTask is under way (its intent is written),
-        # the disk "fills up": that task is created and paid for, but its record cannot be written.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            recs = [p.read_text() for p in tasks.glob("*.json")]
-            if sum('"task_id": "' in r for r in recs) >= 4 and any('"creating"' in r for r in recs):
-                break
-            time.sleep(0.002)
-        tasks.rename(moved)
-        tasks.write_text("the disk is full")  # every later write under tasks/ now fails
+    def save(self, key, record, *, fsync=True):
+        # Once four tasks are recorded, the disk "fills up" just as the fifth task's record is
+        # written: that task is created and paid for, but its record cannot be written, and every
+        # later write fails too.
+        with lock:
+            if not state["full"] and record.get("task_id"):
+                state["full"] = state["recorded"] >= 4
+                state["recorded"] += 1
+            if state["full"]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(self, key, record, fsync=fsync)
 
-    breaker = threading.Thread(target=break_store)
-    breaker.start()
+    monkeypatch.setattr(TaskStore, "save", save)
     result = pipe.batch("b", raise_on_error=False)
-    breaker.join()
     assert not result.success
-    recorded = {r["task_id"] for r in (json.loads(p.read_text()) for p in moved.glob("*.json"))} - {None}
+    recorded = {r["task_id"] for r in records(env).values()} - {None}
     unrecorded = {e["task_id"] for e in load_unrecorded(TaskStore(pipe.store)).values()}
     assert unrecorded, "a task should have been created after the store failed"
     assert recorded | unrecorded == set(emulator.emulator.tasks)  # no paid task id exists only in memory
@@ -141,8 +140,7 @@ def test_store_failing_mid_run_loses_no_task_id(env, emulator, instance) -> None
     assert "NOT recorded" in text and all(t in text for t in unrecorded)
     assert fallback_path(TaskStore(pipe.store)) in text
     # The disk is back: the next run adopts the unrecorded tasks instead of paying again.
-    tasks.unlink()
-    moved.rename(tasks)
+    monkeypatch.setattr(TaskStore, "save", real_save)
     md = metadata(pipe.batch("b"))
     assert md["adopted_unrecorded_tasks"] == len(unrecorded - recorded)
     assert md["images_succeeded"] == 12 and created(emulator) == 12

@@ -52,6 +52,8 @@ class SlidingWindowLimiter:
 
     def _wait(self, now: float) -> float | None:
         """None if a slot is free now, else how long to wait before looking again."""
+        if len(self._stamps) < self.limit:
+            return None  # fewer requests than the limit ever: nothing to prune or count
         live = []
         for st in self._stamps:
             if not st.done and now - st.at >= STALE_AFTER:

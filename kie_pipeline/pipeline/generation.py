@@ -42,7 +42,7 @@ from kie_pipeline.client import (
     estimate_credits,
 )
 
-from .lease import RowLeaseHeld, batch_lease, row_lease
+from .lease import RowLease, RowLeaseHeld, batch_lease
 from .recovery import forget_unrecorded, load_unrecorded, recover_record, save_unrecorded
 from .schema import CATALOG_DTYPES, INTERNAL_MANIFEST_COLUMNS
 from .store import TaskStore
@@ -212,45 +212,65 @@ class _Batch:
             self.summary.not_submitted += 1
             self._fail(row, previous, "NOT_SUBMITTED", f"not submitted: {self.stop_reason}")
             return None
+        lease = RowLease(self.store, row["request_key"])
         try:
-            with row_lease(self.store, row["request_key"]):
-                # Re-read under the lease: another process may have created this row meanwhile.
-                current = await asyncio.to_thread(self.store.load, row["request_key"])
-                if current and current.get("task_id") and current.get("status") in (SUBMITTED, SUCCESS):
-                    self.summary.resumed += 1
-                    return current
-                return await self._create(row, current if current is not None else previous)
+            # One trip off the event loop: take the lease, re-read the record, write the intent.
+            found, rec = await asyncio.to_thread(self._claim, lease, row, previous)
         except RowLeaseHeld as exc:
             self.summary.not_submitted += 1
             self._fail(row, previous, "NOT_SUBMITTED", f"not submitted: {exc}")
             return None
-
-    async def _create(self, row: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
-        inp = json.loads(row["input_json"])
-        prev = previous or {}
-        history = list(prev.get("previous_task_ids", []))
-        if prev.get("task_id"):
-            history.append(prev["task_id"])
-        rec: dict[str, Any] = {
-            "key": row["request_key"],
-            "id": row["id"],
-            "batch": row["batch"],
-            "model": row["model"],
-            "input": inp,
-            "task_id": None,
-            "status": CREATING,
-            "intent_at": _now(),
-            "previous_task_ids": history,
-            "uncertain": list(prev.get("uncertain", [])),
-        }
-        try:
-            # The intent comes first: a run killed during createTask leaves it, so the next run
-            # knows this row may have been paid for (page cache survives a killed process).
-            await self.save(rec, fsync=False)
         except OSError:
             self.summary.not_submitted += 1
             self._fail(row, previous, "STORE_ERROR", self.stop_reason or "store error")
             return None
+        if found is not None:
+            self.summary.resumed += 1
+            return found
+        try:
+            return await self._create(row, rec, previous)
+        finally:
+            lease.release()
+
+    def _claim(
+        self, lease: RowLease, row: dict[str, Any], previous: dict[str, Any] | None
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """(In a thread.) Under the row's lease: a task another process created meanwhile (the lease
+        is then released), or the intent record written before createTask (the lease stays held)."""
+        lease.acquire()
+        try:
+            current = self.store.load(row["request_key"])
+            if current and current.get("task_id") and current.get("status") in (SUBMITTED, SUCCESS):
+                lease.release()
+                return current, {}
+            prev = current if current is not None else (previous or {})
+            history = list(prev.get("previous_task_ids", []))
+            if prev.get("task_id"):
+                history.append(prev["task_id"])
+            rec: dict[str, Any] = {
+                "key": row["request_key"],
+                "id": row["id"],
+                "batch": row["batch"],
+                "model": row["model"],
+                "input": json.loads(row["input_json"]),
+                "task_id": None,
+                "status": CREATING,
+                "intent_at": _now(),
+                "previous_task_ids": history,
+                "uncertain": list(prev.get("uncertain", [])),
+            }
+            # The intent comes first: a run killed during createTask leaves it, so the next run
+            # knows this row may have been paid for (page cache survives a killed process).
+            self.save_now(rec, fsync=False)
+            return None, rec
+        except BaseException:
+            lease.release()
+            raise
+
+    async def _create(
+        self, row: dict[str, Any], rec: dict[str, Any], previous: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        inp = rec["input"]
         try:
             task_id = await self.client.create_task(row["model"], inp, validate=False)
         except KieCreateUncertainError as exc:

@@ -43,8 +43,11 @@ def lock_dir(store: TaskStore) -> str:
 
 
 def _open(path: str) -> int:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
 
 @contextlib.contextmanager
@@ -82,29 +85,48 @@ class RowLeaseHeld(RuntimeError):
     """Another process is creating this row's task right now."""
 
 
-@contextlib.contextmanager
-def row_lease(store: TaskStore, key: str) -> Iterator[None]:
-    """Hold the lease of one row (request key) while its task is created and recorded.
+class RowLease:
+    """The lease of one row (request key) while its task is created and recorded.
 
-    Raises :class:`RowLeaseHeld` at once if another process holds it. The holder re-reads the row's
-    record under the lease before creating anything, so the lock file can be removed when the lease
-    ends: a process that locked the removed file finds the record written and creates nothing.
+    :meth:`acquire` raises :class:`RowLeaseHeld` at once if another process holds it; it may be
+    taken in one thread and released in another (``flock`` belongs to the open file). The holder
+    re-reads the row's record under the lease before creating anything, so the lock file is removed
+    on release: a process that locked the removed file finds the record written and creates nothing.
     """
-    path = os.path.join(lock_dir(store), "rows", key[:2], f"{key}.lock")
-    fd = _open(path)
-    try:
+
+    def __init__(self, store: TaskStore, key: str) -> None:
+        self.key = key
+        self.path = os.path.join(lock_dir(store), "rows", key[:2], f"{key}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = _open(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RowLeaseHeld(f"another run is creating the task of request {key} right now") from None
-        try:
-            yield
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
+            os.close(fd)
+            raise RowLeaseHeld(f"another run is creating the task of request {self.key} right now") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def row_lease(store: TaskStore, key: str) -> Iterator[None]:
+    """Hold the lease of one row for the duration (see :class:`RowLease`)."""
+    lease = RowLease(store, key)
+    lease.acquire()
+    try:
+        yield
+    finally:
+        lease.release()
 
 
 def _now() -> str:

@@ -77,6 +77,9 @@ class TaskStore:
         return join(self.root, "images", f"{key}.{ext}")
 
     def _path(self, uri: str) -> str:
+        # Our own URIs all start with the root: map them without parsing (url_to_fs is ~0.1 ms).
+        if uri.startswith(self.root + "/"):
+            return self._root_path.rstrip("/") + uri[len(self.root) :]
         return fsspec.core.url_to_fs(uri)[1]
 
     def normalize(self, uri: str) -> str:
