@@ -389,3 +389,39 @@ def test_chunked_download_is_capped_while_streaming(emulator: EmulatorServer, tm
     assert "download aborted" in str(err) and "cap of 100 bytes" in str(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.png"]  # nothing written for the capped one
     assert whole.sha256 == hashlib.sha256(response.content).hexdigest()
+
+
+def test_a_killed_process_does_not_hold_its_shared_limiter_slot(tmp_path) -> None:
+    """A run killed with a request in flight frees its slot one period after its death is seen, not
+    after STALE_AFTER (which made the rerun of a killed run wait two minutes)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from kie_pipeline.client.ratelimit import _RECHECK, STALE_AFTER, SharedSlidingWindowLimiter
+
+    path = str(tmp_path / "kie.window")
+    holder = (
+        "import asyncio, sys\n"
+        "from kie_pipeline.client.ratelimit import SharedSlidingWindowLimiter\n"
+        "async def main():\n"
+        f"    async with SharedSlidingWindowLimiter({path!r}, 1, 0.2).slot():\n"
+        "        print('in flight', flush=True)\n"
+        "        await asyncio.sleep(3600)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "in flight"
+        limiter = SharedSlidingWindowLimiter(path, 1, 0.2)
+        assert limiter._update("probe-1") == _RECHECK  # a live request in flight holds the slot
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+    wait = limiter._update("probe-2")
+    assert wait == pytest.approx(0.2, abs=1e-3) and STALE_AFTER > 1  # one period from now, no more
+    (line,) = (tmp_path / "kie.window").read_text().split()
+    assert line.split(",")[2] == "1"  # the dead process's request now counts as answered
+    time.sleep(wait)
+    assert limiter._update("probe-3") is None  # and the slot is free again

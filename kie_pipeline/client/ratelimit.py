@@ -108,8 +108,10 @@ class SharedSlidingWindowLimiter:
 
     The window lives in a small file, read and written under an exclusive ``flock``, so several runs
     (or executor processes) that use one Kie account pace together. Each line is one request: a
-    token, its time (``time.monotonic()``, one clock for the whole machine on Linux) and whether its
-    answer is back.
+    token, its time (``time.monotonic()``, one clock for the whole machine on Linux), whether its
+    answer is back, and the process that sent it. A request whose process died before its answer
+    came (a killed run) counts as answered when the death is seen: it may have reached Kie, so it
+    keeps its slot for one more period, but it does not hold it until :data:`STALE_AFTER`.
     """
 
     def __init__(self, path: str, limit: int, period: float) -> None:
@@ -128,31 +130,32 @@ class SharedSlidingWindowLimiter:
             fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
             fh.seek(0)
             now = time.monotonic()
-            entries: list[tuple[str, float, bool]] = []
+            me = os.getpid()
+            entries: list[tuple[str, float, bool, int]] = []
             for line in fh.read().split():
                 parsed = _parse(line)
                 if parsed is None:
                     continue
-                token, at, done = parsed
+                token, at, done, pid = parsed
                 if at > now:  # from a previous boot of the machine
                     continue
-                if not done and now - at >= STALE_AFTER:
-                    done = True
-                if token == finish:
+                if token == finish or (not done and pid != me and not _alive(pid)):
                     at, done = now, True
+                elif not done and now - at >= STALE_AFTER:
+                    done = True
                 if not done or now - at < self.period:
-                    entries.append((token, at, done))
+                    entries.append((token, at, done, pid))
             wait: float | None = None
             if take is not None:
                 if len(entries) < self.limit:
-                    entries.append((take, now, False))
+                    entries.append((take, now, False, me))
                 else:
-                    ends = sorted(at + self.period if done else float("inf") for _, at, done in entries)
+                    ends = sorted(at + self.period if done else float("inf") for _, at, done, _ in entries)
                     end = ends[len(ends) - self.limit]
                     wait = _RECHECK if end == float("inf") else max(0.0, end - now)
             fh.seek(0)
             fh.truncate()
-            fh.write("\n".join(f"{t},{at:.6f},{int(done)}" for t, at, done in entries))
+            fh.write("\n".join(f"{t},{at:.6f},{int(done)},{pid}" for t, at, done, pid in entries))
             return wait
 
     @contextlib.asynccontextmanager
@@ -183,14 +186,28 @@ class SharedSlidingWindowLimiter:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
 
-def _parse(line: str) -> tuple[str, float, bool] | None:
+def _parse(line: str) -> tuple[str, float, bool, int] | None:
     parts = line.split(",")
-    if len(parts) != 3:
+    if len(parts) not in (3, 4):
         return None
     try:
-        return parts[0], float(parts[1]), parts[2] == "1"
+        # A line without a process (written by an older version) waits for STALE_AFTER.
+        return parts[0], float(parts[1]), parts[2] == "1", int(parts[3]) if len(parts) == 4 else 0
     except ValueError:
         return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (the window file is local to it)."""
+    if pid <= 0:
+        return True  # unknown
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def shared_limiter_path(directory: str, base_url: str, api_key: str, name: str) -> str:
