@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install test lint format demo dev emulator bench clean
+.PHONY: install test lint format demo dev emulator bench clean mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ emulator: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/client_overhead.py
+
+# Mutation testing of the safety-critical modules (slow: 1-2 hours on 2 cores; not part of `make test`).
+# MUTATION_GROUPS=client manifest ... runs some groups; the score and survivors are printed at the end.
+MUTATION_GROUPS ?=
+MUTATION_JOBS ?= 2
+mutation: $(STAMP)
+	$(BIN)/python tools/mutation/run.py --jobs $(MUTATION_JOBS) $(MUTATION_GROUPS)
 
 clean:
 	rm -rf $(VENV) .dagster_home data/store .pytest_cache .ruff_cache

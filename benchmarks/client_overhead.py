@@ -15,12 +15,15 @@ import time
 
 from _harness import UNLIMITED, emulator_process
 
-from kie_pipeline.client import AsyncKieClient
+from kie_pipeline.client import AsyncKieClient, PollPolicy, RateLimits
 
 
 async def run(url: str, n: int, dest: str) -> dict[str, float]:
     async with AsyncKieClient(
-        "emulator-key", url, create_limit=1_000_000, poll_limit=1_000_000, poll_initial=0.0, poll_max=0.01
+        "emulator-key",
+        url,
+        limits=RateLimits(create_limit=1_000_000, poll_limit=1_000_000),
+        poll=PollPolicy(initial_s=0.0, max_s=0.01),
     ) as client:
         t0 = time.perf_counter()
         ids = await asyncio.gather(

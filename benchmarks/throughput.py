@@ -97,7 +97,10 @@ def sequential(n: int, full_n: int) -> None:
 
 
 def overhead_and_rerun(n: int) -> None:
-    fast = {"create_limit": 1_000_000, "poll_limit": 1_000_000, "poll_initial_s": 0.0, "poll_max_s": 0.05}
+    fast = {
+        "limits": {"create_limit": 1_000_000, "poll_limit": 1_000_000},
+        "poll": {"initial_s": 0.0, "max_s": 0.05},
+    }
     with (
         emulator_process(*UNLIMITED) as url,
         tempfile.TemporaryDirectory() as work,

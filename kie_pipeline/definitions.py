@@ -26,7 +26,8 @@ ASSET_CHECKS = [catalog_copies_match, catalog_ids_unique]
 
 
 def build_resources(**kie_options: Any) -> dict[str, Any]:
-    """Resources wired to the environment; ``kie_options`` override KieResource settings."""
+    """Resources wired to the environment; ``kie_options`` override KieResource settings (the nested
+    ones as dicts, e.g. ``poll={"initial_s": 0.5}``)."""
     store = local_or_url(os.environ.get("KIE_STORE", "data/store"))
     manifest = local_or_url(os.environ.get("KIE_MANIFEST", "data/prompts.csv"))
     # The key goes through EnvVar (resolved at run time, never stored in config or shown in the UI).
@@ -34,9 +35,12 @@ def build_resources(**kie_options: Any) -> dict[str, Any]:
     api_key = dg.EnvVar("KIE_API_KEY") if os.environ.get("KIE_API_KEY") else None
     base_url = dg.EnvVar("KIE_BASE_URL") if os.environ.get("KIE_BASE_URL") else DEFAULT_BASE_URL
     # A run's share of the account's limits when several machines run at once (see docs/cluster.md).
+    limits = dict(kie_options.get("limits") or {})
     for var, option in (("KIE_CREATE_LIMIT", "create_limit"), ("KIE_POLL_LIMIT", "poll_limit")):
         if os.environ.get(var):
-            kie_options.setdefault(option, int(os.environ[var]))
+            limits.setdefault(option, int(os.environ[var]))
+    if limits:
+        kie_options["limits"] = limits
     return {
         "kie": KieResource(api_key=api_key, base_url=base_url, **kie_options),
         "dataset": DatasetResource(manifest=manifest, store=store),

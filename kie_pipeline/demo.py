@@ -27,7 +27,7 @@ def main() -> int:
         from kie_pipeline.definitions import ASSET_CHECKS, ASSETS, build_resources
 
         assets, checks = ASSETS, ASSET_CHECKS
-        resources = build_resources(poll_initial_s=0.5)
+        resources = build_resources(poll={"initial_s": 0.5})
         instance = dg.DagsterInstance.get()
         started = time.monotonic()
         print(f"Kie emulator on {server.url}; Dagster instance at {os.environ.get('DAGSTER_HOME')}")

@@ -6,7 +6,7 @@ import tempfile
 import dagster as dg
 from pydantic import Field
 
-from kie_pipeline.client import DEFAULT_BASE_URL, AsyncKieClient
+from kie_pipeline.client import DEFAULT_BASE_URL, AsyncKieClient, PollPolicy, RateLimits, RetryPolicy
 from kie_pipeline.pipeline.store import TaskStore
 
 MISSING_KEY_HELP = (
@@ -15,6 +15,19 @@ MISSING_KEY_HELP = (
     "`python -m kie_pipeline.emulator --port 8765` and then "
     "KIE_BASE_URL=http://127.0.0.1:8765 KIE_API_KEY=emulator-key."
 )
+
+
+# The client's option objects as nested Dagster config: the same fields, defaults and descriptions.
+class RateLimitsConfig(dg.Config, RateLimits):
+    __doc__ = RateLimits.__doc__
+
+
+class RetryPolicyConfig(dg.Config, RetryPolicy):
+    __doc__ = RetryPolicy.__doc__
+
+
+class PollPolicyConfig(dg.Config, PollPolicy):
+    __doc__ = PollPolicy.__doc__
 
 
 class KieResource(dg.ConfigurableResource):
@@ -30,21 +43,15 @@ class KieResource(dg.ConfigurableResource):
     )
     base_url: str = Field(default=DEFAULT_BASE_URL, description="Kie API base URL (or the emulator's).")
     timeout_s: float = Field(default=30.0, description="Timeout of one HTTP request.")
-    create_limit: int = Field(default=20, description="createTask calls allowed per create_period_s.")
-    create_period_s: float = Field(default=10.0, description="Window of the createTask limit.")
-    poll_limit: int = Field(default=10, description="recordInfo calls allowed per second.")
-    poll_initial_s: float = Field(default=2.5, description="First poll after this many seconds.")
-    poll_max_s: float = Field(default=30.0, description="Polls back off up to this interval.")
-    wait_timeout_s: float = Field(default=900.0, description="Give up waiting on a task after this long.")
-    max_attempts: int = Field(default=8, description="Attempts per request on 429/5xx/timeouts.")
-    backoff_initial_s: float = Field(default=1.0, description="First retry backoff.")
-    backoff_max_s: float = Field(default=60.0, description="Longest retry backoff.")
+    limits: RateLimitsConfig = Field(default=RateLimitsConfig(), description=RateLimits.__doc__)
+    retry: RetryPolicyConfig = Field(default=RetryPolicyConfig(), description=RetryPolicy.__doc__)
+    poll: PollPolicyConfig = Field(default=PollPolicyConfig(), description=PollPolicy.__doc__)
     max_download_mb: int = Field(default=50, description="Refuse result files larger than this.")
     rate_limit_dir: str | None = Field(
         default="",
         description="Folder of the rate-limit windows shared by every run on this machine; empty: "
         "kie-pipeline/ in this machine's temporary folder (resolved when a run starts); None: per "
-        "process. Across machines, give each one a share: create_limit = 20 / machines.",
+        "process. Across machines, give each one a share: limits.create_limit = 20 / machines.",
     )
 
     def get_client(self) -> AsyncKieClient:
@@ -55,15 +62,9 @@ class KieResource(dg.ConfigurableResource):
             self.api_key,
             self.base_url,
             timeout=self.timeout_s,
-            create_limit=self.create_limit,
-            create_period=self.create_period_s,
-            poll_limit=self.poll_limit,
-            poll_initial=self.poll_initial_s,
-            poll_max=self.poll_max_s,
-            wait_timeout=self.wait_timeout_s,
-            max_attempts=self.max_attempts,
-            backoff_initial=self.backoff_initial_s,
-            backoff_max=self.backoff_max_s,
+            limits=self.limits,
+            retry=self.retry,
+            poll=self.poll,
             max_download_bytes=self.max_download_mb * 1024 * 1024,
             shared_limit_dir=self._limit_dir(),
         )

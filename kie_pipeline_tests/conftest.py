@@ -12,17 +12,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from kie_pipeline.client import AsyncKieClient
+from kie_pipeline.client import AsyncKieClient, PollPolicy, RetryPolicy
 from kie_pipeline.emulator import EmulatorConfig, EmulatorServer
 
 #: Client settings that keep tests fast: quick polls and backoffs (never wall-clock assertions).
-FAST = {
-    "poll_initial": 0.02,
-    "poll_max": 0.1,
-    "backoff_initial": 0.01,
-    "backoff_max": 0.2,
-    "max_attempts": 8,
-}
+FAST_POLL = PollPolicy(initial_s=0.02, max_s=0.1)
+FAST_RETRY = RetryPolicy(backoff_initial_s=0.01, backoff_max_s=0.2)
+FAST = {"poll": FAST_POLL, "retry": FAST_RETRY}
 
 
 @pytest.fixture

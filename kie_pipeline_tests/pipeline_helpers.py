@@ -14,7 +14,20 @@ import pandas as pd
 from kie_pipeline.definitions import ASSET_CHECKS, ASSETS, build_resources
 
 #: KieResource settings that keep tests fast.
-FAST_KIE = {"poll_initial_s": 0.02, "poll_max_s": 0.2, "backoff_initial_s": 0.01, "backoff_max_s": 0.2}
+FAST_KIE = {
+    "poll": {"initial_s": 0.02, "max_s": 0.2},
+    "retry": {"backoff_initial_s": 0.01, "backoff_max_s": 0.2},
+}
+
+
+def kie_options(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides``; the nested option dicts (limits, retry, poll) merge field by field."""
+    out = dict(base)
+    for key, value in overrides.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = {**out[key], **value} if nested else value
+    return out
+
 
 SAMPLE = [
     {"id": "fox", "batch": "animals", "prompt": "A red fox in snow", "split": "train"},
@@ -46,7 +59,7 @@ class Pipeline:
 
     def __init__(self, instance: dg.DagsterInstance, **kie: Any) -> None:
         self.instance = instance
-        self.resources = build_resources(**{**FAST_KIE, **kie})
+        self.resources = build_resources(**kie_options(FAST_KIE, kie))
         self.store = self.resources["dataset"].store
 
     def manifest(self, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:

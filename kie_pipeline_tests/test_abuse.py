@@ -41,7 +41,7 @@ def test_two_runs_of_one_batch_at_once_pay_once_and_keep_the_table_consistent(
     rows = [{"id": f"r{i}", "batch": "b1", "prompt": f"image {i}"} for i in range(10)]
     write_manifest(str(env / "prompts.csv"), rows)
     Pipeline(instance).manifest()
-    options = {"poll_initial_s": 0.1, "poll_max_s": 0.3}
+    options = {"poll": {"initial_s": 0.1, "max_s": 0.3}}
     procs = [spawn_partition(str(env / "home"), "b1", options) for _ in range(2)]
     codes = sorted(p.wait(timeout=120) for p in procs)
     assert codes == [0, 1]  # one run generated the batch; the other was refused
@@ -111,7 +111,7 @@ def test_store_failing_mid_run_loses_no_task_id(env, emulator, instance, monkeyp
     emulator.config.latency = (0.5, 0.8)
     rows = [{"id": f"r{i}", "batch": "b", "prompt": f"image {i}"} for i in range(12)]
     write_manifest(str(env / "prompts.csv"), rows)
-    pipe = Pipeline(instance, create_limit=2, create_period_s=0.3)
+    pipe = Pipeline(instance, limits={"create_limit": 2, "create_period_s": 0.3})
     pipe.manifest()
     real_save = TaskStore.save
     lock = threading.Lock()

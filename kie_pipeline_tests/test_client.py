@@ -27,12 +27,13 @@ from kie_pipeline.client import (
     KieTaskTimeoutError,
     KieUpstreamTimeoutError,
     KieValidationError,
+    RateLimits,
     SlidingWindowLimiter,
     TaskState,
 )
 from kie_pipeline.emulator import FAIL_MARKER, STUCK_MARKER, EmulatorConfig, EmulatorServer
 
-from .conftest import make_client
+from .conftest import FAST_POLL, FAST_RETRY, make_client
 
 PROMPT = {"prompt": "a lighthouse on a cliff at dawn"}
 
@@ -118,7 +119,7 @@ def test_every_error_code_in_both_styles(emulator, style, code, exc_type, retrya
     emulator.config.faults.force_count = 100  # more than the retries: the error must surface
 
     async def go():
-        async with make_client(emulator, max_attempts=3) as client:
+        async with make_client(emulator, retry=FAST_RETRY.model_copy(update={"max_attempts": 3})) as client:
             with pytest.raises(KieError) as info:
                 await client.create_task("nano-banana-pro", PROMPT)
             return info.value, client.usage
@@ -214,7 +215,7 @@ def test_retries_survive_500s_drops_and_malformed_json(emulator: EmulatorServer,
     """Polls, credit and downloads (which cannot pay twice) are retried through every kind of fault."""
 
     async def go():
-        async with make_client(emulator, max_attempts=12) as client:
+        async with make_client(emulator, retry=FAST_RETRY.model_copy(update={"max_attempts": 12})) as client:
             ids = [await client.create_task("nano-banana-pro", PROMPT) for _ in range(20)]
             emulator.config.faults.error_500 = 0.15
             emulator.config.faults.drop = 0.1
@@ -284,7 +285,7 @@ def test_429_retry_after_is_honoured(emulator: EmulatorServer) -> None:
     emulator.config.create_period = 1.0
 
     async def go():
-        async with make_client(emulator, create_limit=100) as client:
+        async with make_client(emulator, limits=RateLimits(create_limit=100)) as client:
             ids = [await client.create_task("nano-banana-pro", PROMPT) for _ in range(4)]
             return ids, client.usage
 
@@ -299,7 +300,7 @@ def test_client_rate_limiter_keeps_every_window_within_the_limit(emulator: Emula
     emulator.config.create_period = 0.5
 
     async def go():
-        async with make_client(emulator, create_limit=5, create_period=0.5) as client:
+        async with make_client(emulator, limits=RateLimits(create_limit=5, create_period_s=0.5)) as client:
             await asyncio.gather(*(client.create_task("nano-banana-pro", PROMPT) for _ in range(17)))
             return client.usage
 
@@ -390,7 +391,7 @@ def test_download_refuses_oversize_non_http_and_non_images(emulator: EmulatorSer
 
 
 def test_credits_and_the_sync_facade(emulator: EmulatorServer, tmp_path) -> None:
-    with KieClient(emulator.config.api_key, emulator.url, poll_initial=0.02) as client:
+    with KieClient(emulator.config.api_key, emulator.url, poll=FAST_POLL) as client:
         before = client.get_credits()
         record = client.run("nano-banana-pro", PROMPT)
         result = client.download(record.result_urls[0], str(tmp_path / "s.png"))
@@ -470,3 +471,20 @@ def test_client_and_emulator_modules_import_no_dagster() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_each_retry_is_logged_with_what_why_and_how_long(emulator, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="kie_pipeline.client")
+    emulator.config.faults.force_code, emulator.config.faults.force_count = 500, 2
+
+    async def go():
+        async with make_client(emulator, retry=FAST_RETRY.model_copy(update={"max_attempts": 3})) as client:
+            await client.create_task("nano-banana-pro", PROMPT)
+            return client.usage.retries
+
+    assert run(go()) == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "kie_pipeline.client"]
+    assert len(lines) == 2
+    for n, line in enumerate(lines, 1):
+        assert line.startswith("Kie createTask failed (KieServerError") and f"retry {n} of 2 in " in line
+        assert emulator.config.api_key not in line

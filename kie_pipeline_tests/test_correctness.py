@@ -173,7 +173,7 @@ def test_credits_are_attributed_per_task_even_with_runs_in_parallel(env, emulato
     rows += [{"id": f"b{i}", "batch": "b", "prompt": f"b {i}", "resolution": "4K"} for i in range(3)]
     write_manifest(str(env / "prompts.csv"), rows)
     Pipeline(instance).manifest()
-    options = {"poll_initial_s": 0.1, "poll_max_s": 0.2}
+    options = {"poll": {"initial_s": 0.1, "max_s": 0.2}}
     procs = [spawn_partition(str(env / "home"), key, options) for key in ("a", "b")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     spent = {}
@@ -296,7 +296,7 @@ def test_partition_check_finds_a_corrupted_copy(env, emulator, instance) -> None
 
 # -- 14. which failures Dagster retries -----------------------------------------------------------
 def test_a_refused_key_mid_batch_stops_and_is_not_retried(env, emulator, instance) -> None:
-    pipe = Pipeline(instance, create_limit=1, create_period_s=0.3)
+    pipe = Pipeline(instance, limits={"create_limit": 1, "create_period_s": 0.3})
     pipe.manifest()
     emulator.config.faults.force_code = None
     original = emulator.config.api_key
@@ -322,7 +322,7 @@ def test_a_refused_key_mid_batch_stops_and_is_not_retried(env, emulator, instanc
 
 
 def test_a_transient_outage_is_retried_by_dagster(env, emulator, instance) -> None:
-    pipe = Pipeline(instance, max_attempts=1)
+    pipe = Pipeline(instance, retry={"max_attempts": 1})
     pipe.manifest()
     # The balance lookup and the first createTask meet a 500; then Kie is back.
     emulator.config.faults.force_code, emulator.config.faults.force_count = 500, 2

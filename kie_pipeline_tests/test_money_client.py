@@ -19,6 +19,7 @@ from kie_pipeline.client import (
     KieError,
     KieNotFoundError,
     KieTransportError,
+    RateLimits,
     TaskRecord,
     TaskState,
     estimate_credits,
@@ -27,7 +28,7 @@ from kie_pipeline.client.transport import created_task_id, transport_error, unwr
 from kie_pipeline.emulator import EmulatorServer
 from kie_pipeline.emulator.__main__ import config_from_args
 
-from .conftest import make_client
+from .conftest import FAST_RETRY, make_client
 
 PROMPT = {"prompt": "a lighthouse on a cliff at dawn"}
 MODEL = "nano-banana-pro"
@@ -159,7 +160,7 @@ def test_create_task_is_retried_when_the_connection_is_refused() -> None:
     closed = SimpleNamespace(url=f"http://127.0.0.1:{port}", config=SimpleNamespace(api_key="emulator-key"))
 
     async def go():
-        async with make_client(closed, max_attempts=3) as client:  # type: ignore[arg-type]
+        async with make_client(closed, retry=FAST_RETRY.model_copy(update={"max_attempts": 3})) as client:  # type: ignore[arg-type]
             with pytest.raises(KieTransportError) as info:
                 await client.create_task(MODEL, PROMPT)
             return info.value, client.usage
@@ -354,7 +355,7 @@ def test_arrivals_show_a_client_that_exceeds_the_limit(emulator: EmulatorServer)
     emulator.config.create_period = 1.0
 
     async def go():
-        async with make_client(emulator, create_limit=40, create_period=1.0) as client:
+        async with make_client(emulator, limits=RateLimits(create_limit=40, create_period_s=1.0)) as client:
             await asyncio.gather(*(client.create_task(MODEL, PROMPT) for _ in range(30)))
             return client.usage
 

@@ -195,3 +195,26 @@ print(json.dumps({"on_import": before, "on_load": sorted(set(reads)), "assets": 
 """
     result = _fresh_python(code, KIE_STORE=str(tmp_path / "store"))
     assert result["on_import"] == [] and "KIE_STORE" in result["on_load"] and result["assets"] == 3
+
+
+def test_mutation_groups_name_files_and_tests_that_exist() -> None:
+    """`make mutation` (not run here: it takes hours) mutates these files against these tests; a
+    renamed module or test must not silently shrink what it checks."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mutation_run", REPO / "tools" / "mutation" / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = run  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(run)
+    finally:
+        del sys.modules[spec.name]
+    assert set(run.DEFAULT_GROUPS) <= set(run.GROUPS)
+    for name, group in run.GROUPS.items():
+        assert group.files and all((REPO / f).is_file() for f in group.files), name
+        assert run.existing_tests(REPO, group.tests) == group.tests, name
+    # Every safety-critical module the project names is in some group.
+    mutated = {f for g in run.GROUPS.values() for f in g.files}
+    for module in ("generation", "store", "transport", "ratelimit", "download", "manifest", "client"):
+        assert any(f.endswith(f"/{module}.py") for f in mutated), module

@@ -151,7 +151,8 @@ def test_expired_result_urls_fall_back_to_download_url(env, emulator, instance) 
 
 def test_402_mid_partition_keeps_what_was_paid_and_resumes_after_top_up(env, emulator, instance) -> None:
     emulator.config.balance = 18 * 2  # two images' worth
-    pipe = Pipeline(instance, create_limit=1, create_period_s=0.2)  # submit one at a time, in order
+    # Submit one at a time, in order.
+    pipe = Pipeline(instance, limits={"create_limit": 1, "create_period_s": 0.2})
     pipe.manifest()
     result = pipe.batch("animals", raise_on_error=False)
     assert not result.success
@@ -183,9 +184,12 @@ def test_resume_after_sigkill_mid_partition_creates_no_duplicates(env, emulator,
     emulator.config.create_limit, emulator.config.create_period = 2, 1.0
     rows = [{"id": f"r{i}", "batch": "big", "prompt": f"image number {i}"} for i in range(8)]
     write_manifest(str(env / "prompts.csv"), rows)
-    pipe = Pipeline(instance, create_limit=2, create_period_s=1.0)
+    pipe = Pipeline(instance, limits={"create_limit": 2, "create_period_s": 1.0})
     pipe.manifest()
-    options = {"poll_initial_s": 0.2, "poll_max_s": 0.5, "create_limit": 2, "create_period_s": 1.0}
+    options = {
+        "poll": {"initial_s": 0.2, "max_s": 0.5},
+        "limits": {"create_limit": 2, "create_period_s": 1.0},
+    }
     proc = spawn_partition(str(env / "home"), "big", options)
     tasks = env / "store" / "tasks"
     deadline = time.monotonic() + 60

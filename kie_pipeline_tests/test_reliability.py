@@ -39,7 +39,9 @@ def test_100_rows_survive_500s_429s_drops_malformed_and_slow_responses(env, emul
         str(env / "prompts.csv"), [{"id": f"r{i}", "batch": "big", "prompt": f"p {i}"} for i in range(100)]
     )
     # Kie's own limits are not what this test is about: lift them so 100 rows finish quickly.
-    pipe = Pipeline(instance, timeout_s=1.0, max_attempts=12, poll_limit=1000, create_limit=1000)
+    pipe = Pipeline(
+        instance, timeout_s=1.0, retry={"max_attempts": 12}, limits={"poll_limit": 1000, "create_limit": 1000}
+    )
     emulator.config.poll_limit = emulator.config.create_limit = 1000
     pipe.manifest()
     first = metadata(pipe.batch("big"))
@@ -76,7 +78,7 @@ def test_task_stuck_past_the_wait_timeout_is_resumed_next_run(env, emulator, ins
     rows = [dict(r) for r in SAMPLE]
     rows[0]["prompt"] = f"A fox {STUCK_MARKER}"
     write_manifest(str(env / "prompts.csv"), rows)
-    pipe = Pipeline(instance, wait_timeout_s=0.5)
+    pipe = Pipeline(instance, poll={"timeout_s": 0.5})
     pipe.manifest()
     md = metadata(pipe.batch("animals"))
     assert md["timed_out"] == 1 and md["images_succeeded"] == 2
@@ -90,7 +92,7 @@ def test_task_stuck_past_the_wait_timeout_is_resumed_next_run(env, emulator, ins
 
 def test_download_url_failing_too_is_recorded_and_retried(env, emulator, instance) -> None:
     emulator.config.result_url_ttl = 0.0
-    pipe = Pipeline(instance, max_attempts=2)
+    pipe = Pipeline(instance, retry={"max_attempts": 2})
     pipe.manifest()
     real_route = emulator.config.download_url_ttl
     emulator.config.download_url_ttl = -1.0  # fresh links are already expired: the fallback fails too
@@ -138,9 +140,12 @@ def test_sigkill_at_any_point_then_rerun_creates_each_task_once(env, emulator, i
     write_manifest(
         str(env / "prompts.csv"), [{"id": f"r{i}", "batch": "big", "prompt": f"p {i}"} for i in range(6)]
     )
-    pipe = Pipeline(instance, create_limit=2, create_period_s=0.5)
+    pipe = Pipeline(instance, limits={"create_limit": 2, "create_period_s": 0.5})
     pipe.manifest()
-    options = {"poll_initial_s": 0.1, "poll_max_s": 0.2, "create_limit": 2, "create_period_s": 0.5}
+    options = {
+        "poll": {"initial_s": 0.1, "max_s": 0.2},
+        "limits": {"create_limit": 2, "create_period_s": 0.5},
+    }
     proc = spawn_partition(str(env / "home"), "big", options)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None and not kill_when(env):

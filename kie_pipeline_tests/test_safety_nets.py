@@ -30,7 +30,7 @@ def test_success_whose_copy_was_deleted_is_copied_again_not_reused(env, emulator
 def test_consecutive_failures_stop_submissions(env, emulator, instance) -> None:
     rows = [{"id": f"r{i}", "batch": "bad", "prompt": f"broken {i} {FAIL_MARKER}"} for i in range(8)]
     write_manifest(str(env / "prompts.csv"), rows)
-    pipe = Pipeline(instance, create_limit=1, create_period_s=0.2)  # one at a time, in order
+    pipe = Pipeline(instance, limits={"create_limit": 1, "create_period_s": 0.2})  # one at a time, in order
     pipe.manifest()
     emulator.config.latency = (0.0, 0.0)
     result = pipe.batch("bad", raise_on_error=False, max_consecutive_failures=3, submitters=1)

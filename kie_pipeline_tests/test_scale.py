@@ -25,7 +25,7 @@ def test_four_partitions_in_parallel_processes_share_the_rate_limit(env, emulato
     with dg.DagsterInstance.local_temp(tempdir=str(env / "home")) as instance:
         Pipeline(instance).manifest()
         options = {
-            "create_limit": 4, "create_period_s": 1.0, "poll_initial_s": 0.05, "poll_max_s": 0.2,
+            "limits": {"create_limit": 4, "create_period_s": 1.0}, "poll": {"initial_s": 0.05, "max_s": 0.2},
             "rate_limit_dir": str(env / "limits"),
         }  # fmt: skip
         procs = [

@@ -21,6 +21,7 @@ from .errors import (
     KieValidationError,
 )
 from .models import DownloadResult, KieUsage, TaskRecord, TaskState
+from .options import PollPolicy, RateLimits, RetryPolicy
 from .pricing import PRICES, estimate_credits
 from .ratelimit import SlidingWindowLimiter
 from .registry import DEFAULT_MODEL, MODELS, MediaType, ModelSpec, get_model, validate_input
@@ -55,7 +56,10 @@ __all__ = [
     "KieValidationError",
     "MediaType",
     "ModelSpec",
+    "PollPolicy",
     "PollingWaiter",
+    "RateLimits",
+    "RetryPolicy",
     "SlidingWindowLimiter",
     "TaskRecord",
     "TaskState",

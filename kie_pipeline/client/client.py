@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from typing import Any
 
 import httpx
@@ -24,12 +25,15 @@ from .errors import (
     KieRateLimitError,
 )
 from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord
+from .options import PollPolicy, RateLimits, RetryPolicy
 from .ratelimit import SharedSlidingWindowLimiter, SlidingWindowLimiter, shared_limiter_path
 from .registry import validate_input
 from .transport import created_task_id, retrying, transport_error, unwrap_response
 from .waiting import PollingWaiter
 
 DEFAULT_BASE_URL = "https://api.kie.ai"
+#: Retries are logged here (what, why, how long), at INFO; never with the key.
+logger = logging.getLogger("kie_pipeline.client")
 #: Connections per client (API and file hosts each); more requests than this wait their turn.
 MAX_CONNECTIONS = 16
 
@@ -55,13 +59,11 @@ class AsyncKieClient:
     Args:
         api_key: the Bearer key (never logged, never in reprs or error messages).
         base_url: ``https://api.kie.ai`` or the local emulator's URL.
-        create_limit / create_period: at most ``create_limit`` createTask calls in any window of
-            ``create_period`` seconds (Kie: 20 per 10 s per account).
-        poll_limit / poll_period: the same for recordInfo (Kie: 10 per second per key).
-        max_attempts: attempts per request for retryable errors (429, 5xx, timeouts, drops).
-        poll_initial / poll_max / poll_backoff: ``wait`` polls after ``poll_initial`` s, then backs
-            off by ``poll_backoff`` up to ``poll_max`` s (Kie advises 2-3 s first, then 15-30 s).
-        wait_timeout: ``wait`` gives up after this many seconds (Kie: 10-15 min).
+        timeout: seconds for one HTTP request.
+        limits: the createTask and status-call windows (:class:`RateLimits`: Kie's 20 per 10 s and
+            10 per s by default).
+        retry: attempts and backoff for retryable errors (:class:`RetryPolicy`).
+        poll: how :meth:`wait` polls and when it gives up (:class:`PollPolicy`).
         max_download_bytes: downloads larger than this are refused.
         shared_limit_dir: when set, the createTask and poll windows live in files under this folder,
             shared by every process on the machine that uses the same account (URL + key).
@@ -73,17 +75,9 @@ class AsyncKieClient:
         base_url: str = DEFAULT_BASE_URL,
         *,
         timeout: float = 30.0,
-        create_limit: int = 20,
-        create_period: float = 10.0,
-        poll_limit: int = 10,
-        poll_period: float = 1.0,
-        max_attempts: int = 8,
-        backoff_initial: float = 1.0,
-        backoff_max: float = 60.0,
-        poll_initial: float = 2.5,
-        poll_max: float = 30.0,
-        poll_backoff: float = 1.5,
-        wait_timeout: float = 900.0,
+        limits: RateLimits | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
         max_download_bytes: int = 50 * 1024 * 1024,
         max_concurrent_downloads: int = 8,
         shared_limit_dir: str | None = None,
@@ -94,32 +88,33 @@ class AsyncKieClient:
         self._key = _Secret(api_key)
         self.base_url = base_url.rstrip("/")
         self.usage = KieUsage()
-        self.poll_initial = poll_initial
-        self.poll_max = poll_max
-        self.poll_backoff = poll_backoff
-        self.wait_timeout = wait_timeout
+        self.limits = limits = limits or RateLimits()
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollPolicy()
         self.max_download_bytes = max_download_bytes
-        self._attempts = max_attempts
-        self._backoff = (backoff_initial, backoff_max)
         self.create_limiter: SlidingWindowLimiter | SharedSlidingWindowLimiter
         self.poll_limiter: SlidingWindowLimiter | SharedSlidingWindowLimiter
         if shared_limit_dir:
             path = functools.partial(shared_limiter_path, shared_limit_dir, self.base_url, api_key)
-            self.create_limiter = SharedSlidingWindowLimiter(path("create"), create_limit, create_period)
-            self.poll_limiter = SharedSlidingWindowLimiter(path("poll"), poll_limit, poll_period)
+            self.create_limiter = SharedSlidingWindowLimiter(
+                path("create"), limits.create_limit, limits.create_period_s
+            )
+            self.poll_limiter = SharedSlidingWindowLimiter(
+                path("poll"), limits.poll_limit, limits.poll_period_s
+            )
         else:
-            self.create_limiter = SlidingWindowLimiter(create_limit, create_period)
-            self.poll_limiter = SlidingWindowLimiter(poll_limit, poll_period)
-        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
+            self.create_limiter = SlidingWindowLimiter(limits.create_limit, limits.create_period_s)
+            self.poll_limiter = SlidingWindowLimiter(limits.poll_limit, limits.poll_period_s)
+        pool = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout,
-            limits=limits,
+            limits=pool,
             transport=transport,
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
         )
         # Result files live on other hosts: a separate client that never sends the key there.
-        self._files = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=True)
+        self._files = httpx.AsyncClient(timeout=timeout, limits=pool, follow_redirects=True)
         self._download_slots = asyncio.Semaphore(max_concurrent_downloads)
         # Queue requests here rather than in httpcore's pool, whose bookkeeping grows with the
         # queue (measured: 3x slower with 500 queued requests than with this gate).
@@ -139,10 +134,20 @@ class AsyncKieClient:
         await self._http.aclose()
         await self._files.aclose()
 
-    def _on_retry(self, exc: BaseException) -> None:
+    def _on_retry(self, what: str, exc: BaseException, attempt: int, sleep: float) -> None:
         self.usage.retries += 1
         if isinstance(exc, KieRateLimitError):
             self.usage.rate_limited += 1
+        # Kie errors and transport errors are built without the request, so no key can be in them.
+        logger.info(
+            "Kie %s failed (%s: %s); retry %d of %d in %.1f s",
+            what,
+            type(exc).__name__,
+            exc,
+            attempt,
+            self.retry.max_attempts - 1,
+            sleep,
+        )
 
     async def _call(
         self,
@@ -157,12 +162,7 @@ class AsyncKieClient:
     ) -> Any:
         # ``idempotent=False`` turns every failure after which Kie may have run the request into
         # KieCreateUncertainError, which the retry policy never retries (transport.py decides).
-        async for attempt in retrying(
-            attempts=self._attempts,
-            initial=self._backoff[0],
-            maximum=self._backoff[1],
-            on_retry=self._on_retry,
-        ):
+        async for attempt in retrying(self.retry, functools.partial(self._on_retry, endpoint)):
             with attempt:
                 try:
                     # The limiter's slot spans the whole request: it ends when the answer is back,
@@ -250,8 +250,8 @@ class AsyncKieClient:
     ) -> TaskRecord:
         """Poll until the task is ``success`` or ``fail`` and return its final record.
 
-        Polls after ``first_delay`` (default ``poll_initial``), then backs off to ``poll_max``.
-        Raises :class:`KieTaskTimeoutError` after ``timeout`` (default ``wait_timeout``) seconds.
+        Polls after ``first_delay`` (default ``poll.initial_s``), then backs off to ``poll.max_s``.
+        Raises :class:`KieTaskTimeoutError` after ``timeout`` (default ``poll.timeout_s``) seconds.
         """
         return await PollingWaiter(self).wait(task_id, timeout=timeout, first_delay=first_delay)
 
@@ -278,12 +278,7 @@ class AsyncKieClient:
         """
         cap = self.max_download_bytes if max_bytes is None else max_bytes
         async with self._download_slots:
-            async for attempt in retrying(
-                attempts=self._attempts,
-                initial=self._backoff[0],
-                maximum=self._backoff[1],
-                on_retry=self._on_retry,
-            ):
+            async for attempt in retrying(self.retry, functools.partial(self._on_retry, "download")):
                 with attempt:
                     fetched = await _fetch(self._files, url, max_bytes=cap)
         self.usage.downloads += 1

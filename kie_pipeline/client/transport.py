@@ -28,6 +28,7 @@ from tenacity import (
 )
 
 from .errors import KieCreateUncertainError, KieError, KieProtocolError, KieTransportError, error_for_code
+from .options import RetryPolicy
 
 #: httpx errors raised before the request could reach the server: resending cannot run it twice.
 NOT_SENT_ERRORS: tuple[type[httpx.HTTPError], ...] = (
@@ -142,19 +143,20 @@ class _RetryAfterOrBackoff:
         return self._backoff(state)
 
 
-def retrying(
-    *, attempts: int, initial: float, maximum: float, on_retry: Callable[[BaseException], None]
-) -> AsyncRetrying:
-    """The retry policy of every request: retryable errors only, bounded attempts, reraise at the end."""
+def retrying(policy: RetryPolicy, on_retry: Callable[[BaseException, int, float], None]) -> AsyncRetrying:
+    """The retry policy of every request: retryable errors only, bounded attempts, reraise at the end.
+    ``on_retry(error, attempt, sleep)`` is told of each retry before its sleep."""
 
     def before_sleep(state: RetryCallState) -> None:
-        if state.outcome is not None and state.outcome.exception() is not None:
-            on_retry(state.outcome.exception())
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is not None:
+            sleep = state.next_action.sleep if state.next_action is not None else 0.0
+            on_retry(exc, state.attempt_number, sleep)
 
     return AsyncRetrying(
         retry=retry_if_exception(is_retryable),
-        stop=stop_after_attempt(attempts),
-        wait=_RetryAfterOrBackoff(initial, maximum),
+        stop=stop_after_attempt(policy.max_attempts),
+        wait=_RetryAfterOrBackoff(policy.backoff_initial_s, policy.backoff_max_s),
         before_sleep=before_sleep,
         reraise=True,
     )

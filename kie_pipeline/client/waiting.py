@@ -30,8 +30,8 @@ class Waiter(Protocol):
 
 
 class PollingWaiter:
-    """Polls recordInfo: the first poll after ``first_delay`` (default the client's ``poll_initial``),
-    then backing off by ``poll_backoff`` up to ``poll_max`` (Kie: 2-3 s first, then 15-30 s)."""
+    """Polls recordInfo as the client's :class:`~kie_pipeline.client.options.PollPolicy` says: the
+    first poll after ``first_delay`` (default ``initial_s``), then backing off up to ``max_s``."""
 
     def __init__(self, client: AsyncKieClient) -> None:
         self.client = client
@@ -39,11 +39,11 @@ class PollingWaiter:
     async def wait(
         self, task_id: str, *, timeout: float | None = None, first_delay: float | None = None
     ) -> TaskRecord:
-        c = self.client
-        timeout = c.wait_timeout if timeout is None else timeout
+        c, policy = self.client, self.client.poll
+        timeout = policy.timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        delay = c.poll_initial if first_delay is None else first_delay
-        interval = c.poll_initial
+        delay = policy.initial_s if first_delay is None else first_delay
+        interval = policy.initial_s
         last_state: str | None = None
         while True:
             remaining = deadline - time.monotonic()
@@ -59,4 +59,4 @@ class PollingWaiter:
             if time.monotonic() >= deadline:
                 raise KieTaskTimeoutError(task_id, timeout, last_state)
             delay = interval
-            interval = min(interval * c.poll_backoff, c.poll_max)
+            interval = min(interval * policy.backoff, policy.max_s)

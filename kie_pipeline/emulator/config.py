@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from kie_pipeline.client.options import RateLimits
+
 #: A prompt containing this marker makes the task end in ``fail`` (failCode 501).
 FAIL_MARKER = "#kie-fail"
 #: A prompt containing this marker keeps the task in ``generating`` forever (for timeout tests).
@@ -42,6 +44,9 @@ class Faults:
     lost_answer_count: int = 0
 
 
+_KIE_LIMITS = RateLimits()
+
+
 @dataclass
 class EmulatorConfig:
     """Everything the emulator can be told; all of it can be changed at run time (``/emulator/config``)."""
@@ -50,10 +55,11 @@ class EmulatorConfig:
     balance: int = 1_000_000
     cost_per_image: int = 18
     cost_per_image_4k: int = 24
-    create_limit: int = 20
-    create_period: float = 10.0
-    poll_limit: int = 10
-    poll_period: float = 1.0
+    # Kie's documented limits: the same defaults as the client's (one place: client/options.py).
+    create_limit: int = _KIE_LIMITS.create_limit
+    create_period: float = _KIE_LIMITS.create_period_s
+    poll_limit: int = _KIE_LIMITS.poll_limit
+    poll_period: float = _KIE_LIMITS.poll_period_s
     #: Uniform range (seconds) of a task's total time from creation to success/fail.
     latency: tuple[float, float] = (0.0, 0.0)
     #: Seconds a result URL stays valid after completion (Kie: 20 min to 14 days); then 404.
