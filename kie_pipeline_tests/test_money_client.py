@@ -426,3 +426,49 @@ def test_a_killed_process_does_not_hold_its_shared_limiter_slot(tmp_path) -> Non
     assert line.split(",")[2] == "1"  # the dead process's request now counts as answered
     time.sleep(wait)
     assert limiter._update("probe-3") is None  # and the slot is free again
+
+
+def _answer(status: int, body: object = None, *, text: str | None = None, headers=None) -> httpx.Response:
+    content = text if text is not None else json.dumps(body)
+    return httpx.Response(status, content=content.encode(), headers=headers)
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_unwrap_response_edges(idempotent) -> None:
+    """The edges of the one status-to-error map that mutation testing found unchecked."""
+    from kie_pipeline.client import KieBadRequestError, KieRateLimitError, KieServerError
+
+    # HTTP 400 itself is an error, whatever the body.
+    with pytest.raises(KieBadRequestError):
+        unwrap_response(_answer(400, text="<html>bad</html>"), "recordInfo", idempotent=idempotent)
+    # A body code of 400 under an HTTP 5xx is Kie's own verdict: a bad request, not a server error.
+    with pytest.raises(KieBadRequestError):
+        unwrap_response(_answer(502, {"code": 400, "msg": "x"}), "recordInfo", idempotent=idempotent)
+    with pytest.raises(KieServerError):
+        unwrap_response(_answer(500, {"code": 200, "msg": "x"}), "recordInfo", idempotent=idempotent)
+    # Kie's own message reaches the error ("msg", or "message" when that is all there is), with the endpoint.
+    for body in ({"code": 500, "msg": "upstream down"}, {"message": "upstream down"}):
+        with pytest.raises(KieServerError) as info:
+            unwrap_response(_answer(500, body), "recordInfo", idempotent=idempotent)
+        assert "upstream down" in str(info.value) and "recordInfo" in str(info.value)
+    with pytest.raises(KieServerError) as info:
+        unwrap_response(_answer(200, {"code": 500, "msg": "busy"}), "recordInfo", idempotent=idempotent)
+    assert "busy" in str(info.value) and "recordInfo" in str(info.value)
+    # Retry-After is honoured whether the 429 is an HTTP status or a body code.
+    for status, body in ((429, {"code": 429}), (200, {"code": 429, "msg": "slow down"})):
+        with pytest.raises(KieRateLimitError) as info:
+            unwrap_response(_answer(status, body, headers={"Retry-After": "7"}), "createTask")
+        assert info.value.retry_after == 7.0
+    # A body without a code is a success.
+    assert unwrap_response(_answer(200, {"data": {"taskId": "t1"}}), "createTask") == {"taskId": "t1"}
+
+
+def test_unusable_answers_name_the_endpoint() -> None:
+    for response in (_answer(200, text="not json"), _answer(200, {"code": "abc"}), _answer(504, text="gw")):
+        with pytest.raises(KieCreateUncertainError) as info:
+            unwrap_response(response, "createTask", idempotent=False)
+        assert "createTask" in str(info.value) and "None" not in str(info.value)
+    for response in (_answer(200, text="not json"), _answer(200, {"code": "abc"})):
+        with pytest.raises(KieError) as info:
+            unwrap_response(response, "recordInfo")
+        assert "recordInfo" in str(info.value) and info.value.retryable
