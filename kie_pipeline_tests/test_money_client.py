@@ -472,3 +472,98 @@ def test_unusable_answers_name_the_endpoint() -> None:
         with pytest.raises(KieError) as info:
             unwrap_response(response, "recordInfo")
         assert "recordInfo" in str(info.value) and info.value.retryable
+
+
+class _FileHost:
+    """A file host on loopback: serves ``body`` with ``ctype``, with or without Content-Length, and
+    drops the connection mid-body for the first ``drops`` requests."""
+
+    def __init__(self, body: bytes, ctype: str, *, length: bool = True, drops: int = 0) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                if length or host.drops:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if host.drops:
+                    host.drops -= 1
+                    self.wfile.write(body[: len(body) // 2])  # then the connection closes short
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.drops = drops
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/result.png"
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "streamed"])
+def test_download_cap_is_inclusive_and_content_type_parameters_are_ignored(emulator, length) -> None:
+    body = b"\x89PNG" + bytes(range(256)) * 40
+    host = _FileHost(body, "IMAGE/PNG; charset=binary", length=length)
+    try:
+
+        async def go():
+            async with make_client(emulator) as client:
+                fetched = await client.fetch(host.url, max_bytes=len(body))  # exactly at the cap: fine
+                with pytest.raises(KieDownloadError, match="over the cap"):
+                    await client.fetch(host.url, max_bytes=len(body) - 1)
+                return fetched
+
+        fetched = run(go())
+    finally:
+        host.close()
+    assert fetched.data == body and fetched.content_type == "image/png"
+    assert fetched.sha256 == hashlib.sha256(body).hexdigest()
+
+
+def test_a_download_cut_short_is_retried_and_an_html_page_is_refused(emulator) -> None:
+    body = b"\x89PNG" + b"x" * 5000
+    host = _FileHost(body, "image/png", drops=1)
+    page = _FileHost(b"<html>expired</html>", "text/html; charset=utf-8")
+    try:
+
+        async def go():
+            async with make_client(emulator) as client:
+                fetched = await client.fetch(host.url)
+                retries = client.usage.retries
+                with pytest.raises(KieDownloadError, match="content type 'text/html'"):
+                    await client.fetch(page.url)
+                return fetched, retries
+
+        fetched, retries = run(go())
+    finally:
+        host.close()
+        page.close()
+    assert fetched.data == body and retries == 1
+
+
+def test_download_to_an_fsspec_url(emulator) -> None:
+    import fsspec
+
+    async def go():
+        async with make_client(emulator) as client:
+            record = await client.run(MODEL, PROMPT)
+            return await client.download(record.result_urls[0], "memory://results/one.png")
+
+    result = run(go())
+    fs = fsspec.filesystem("memory")
+    data = fs.cat_file("/results/one.png")
+    assert result.path == "memory://results/one.png" and result.bytes == len(data) > 0
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
