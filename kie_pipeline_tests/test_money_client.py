@@ -567,3 +567,28 @@ def test_download_to_an_fsspec_url(emulator) -> None:
     data = fs.cat_file("/results/one.png")
     assert result.path == "memory://results/one.png" and result.bytes == len(data) > 0
     assert result.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_shared_limiter_window_file_edges(tmp_path) -> None:
+    """What another process (or an older version, or a previous boot) may have left in the window."""
+    import os
+    import time
+
+    from kie_pipeline.client.ratelimit import _RECHECK, STALE_AFTER, SharedSlidingWindowLimiter
+
+    for limit, period in ((0, 1.0), (1, 0.0)):
+        with pytest.raises(ValueError, match="limit must be"):
+            SharedSlidingWindowLimiter(str(tmp_path / "bad.window"), limit, period)
+    me, now = os.getpid(), time.monotonic()
+    cases = {
+        # A live request in flight behind a garbage line and an entry from a previous boot still counts.
+        f"garbage\nfuture,{now + 1000:.6f},0,{me}\nlive,{now:.6f},0,{me}": _RECHECK,
+        # A line of an older version (no process) in flight counts until STALE_AFTER ...
+        f"old,{now:.6f},0": _RECHECK,
+        # ... and a request never answered for STALE_AFTER no longer does.
+        f"stale,{now - STALE_AFTER - 1:.6f},0,{me}": None,
+    }
+    for n, (text, expected) in enumerate(cases.items()):
+        path = tmp_path / f"w{n}.window"
+        path.write_text(text)
+        assert SharedSlidingWindowLimiter(str(path), 1, 0.5)._update(f"probe{n}") == expected, text
