@@ -37,6 +37,8 @@ def rows(*overrides: dict) -> pd.DataFrame:
         (rows({"id": "a/b"}), 1, "id"),
         (rows({"id": "a\\b"}), 1, "id"),
         (rows({"id": "a\nb"}), 1, "id"),
+        (rows({"id": "a..b"}), 1, "id"),
+        (rows({"id": "x" * 201}), 1, "id"),
     ],
 )
 def test_bad_rows_are_named_with_row_and_field(df, row, field) -> None:
@@ -179,3 +181,30 @@ def test_random_valid_manifests_are_accepted_with_one_request_per_row(ids, batch
     assert set(out["batch"]) <= {"b1", "b.2", "night_3", "default"}
     for rec, inp in zip(records, out["input_json"], strict=True):
         assert json.loads(inp)["prompt"] == rec["prompt"]
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ({"id": "a..b"}, "ids never become paths"),
+        ({"id": "x" * 201}, "201 characters long; at most 200"),
+        ({"id": "a\tb"}, "control characters"),
+    ],
+)
+def test_problems_say_why(override, reason) -> None:
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(rows(override))
+    assert reason in str(info.value)
+
+
+def test_longest_id_and_parquet_list_columns_are_accepted(tmp_path) -> None:
+    urls = ["https://e.com/a.png", "https://e.com/b.png"]
+    df = pd.DataFrame(
+        [{**GOOD, "id": "x" * 200, "image_input": urls}, {**GOOD, "id": "two", "image_input": []}]
+    )
+    df.to_parquet(tmp_path / "m.parquet")  # image_input becomes a Parquet list column (numpy arrays)
+    out = load_manifest(str(tmp_path / "m.parquet")).set_index("id")
+    assert json.loads(out.loc["x" * 200, "input_json"])["image_input"] == urls
+    assert "image_input" not in json.loads(out.loc["two", "input_json"]) or not json.loads(
+        out.loc["two", "input_json"]
+    ).get("image_input")
