@@ -46,7 +46,7 @@ class Group:
     only: list[str] = field(default_factory=list)
 
 
-# The test selections keep a whole run near half an hour on 2 cores (see docs/mutation.md). The
+# The test selections keep a whole run within 1-2 hours on 2 cores (see docs/mutation.md). The
 # Dagster tests that spawn subprocesses are left out: mutmut cannot see which functions a
 # subprocess calls, and each such test costs seconds per mutant.
 GROUPS: dict[str, Group] = {
