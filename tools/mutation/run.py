@@ -106,8 +106,6 @@ DEFAULT_GROUPS = ["client", "redaction", "manifest", "store"]
 
 def toml_value(value: object) -> str:
     """TOML for the values a mutmut table holds (JSON's strings are valid TOML basic strings)."""
-    import json
-
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
