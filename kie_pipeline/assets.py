@@ -7,7 +7,6 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 from pydantic import Field
-from upath import UPath
 
 from kie_pipeline.client import AsyncKieClient, KieAuthError, KieError
 from kie_pipeline.pipeline.catalog import (
@@ -40,7 +39,7 @@ def column_schema(df: pd.DataFrame) -> dg.TableSchema:
 
 def _read_snapshot(dataset: DatasetResource, columns: list[str]) -> pd.DataFrame | None:
     """Columns of the last ``prompt_manifest`` table, or None before the first one."""
-    path = UPath(dataset.store) / "prompt_manifest.parquet"
+    path = dataset.store.path("prompt_manifest.parquet")
     try:
         with path.open("rb") as fh:
             return pd.read_parquet(fh, columns=columns)
@@ -290,7 +289,7 @@ def generated_images(
             else "Fix the cause and re-materialize this partition to finish only what is missing."
         )
         raise dg.Failure(
-            description=f"{str(error).rstrip('.')}. {_what_was_recorded(summary, dataset.store)} {then}",
+            description=f"{str(error).rstrip('.')}. {_what_was_recorded(summary, dataset.store.url)} {then}",
             metadata={**metadata, "unrecorded_tasks": dg.MetadataValue.json(summary.unrecorded)},
             allow_retries=error.retryable and not summary.unrecorded,
         )

@@ -6,6 +6,11 @@ Configuration comes from the environment:
 - ``KIE_BASE_URL``: default ``https://api.kie.ai``; the local emulator's URL to run offline.
 - ``KIE_MANIFEST``: the manifest, CSV or Parquet (default ``data/prompts.csv``).
 - ``KIE_STORE``: folder or fsspec URL for images, task records and tables (default ``data/store``).
+- ``KIE_STORE_OPTIONS``: the store's fsspec options as a JSON object, e.g.
+  ``{"endpoint_url": "https://s3.example.com"}`` or ``{"client_kwargs": {"region_name": "eu-west-1"}}``
+  (default none). They reach everything that reads or writes the store. Endpoint, region and similar
+  options only: config is shown in the UI, so credentials stay in the filesystem's usual environment
+  (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, a profile or an instance role).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from .assets import catalog_copies_match, catalog_ids_unique, generated_images, 
 from .automation import manifest_sensor, nightly_generation
 from .client import DEFAULT_BASE_URL
 from .io_manager import ParquetStoreIOManager
-from .resources import DatasetResource, KieResource, local_or_url
+from .resources import DatasetResource, KieResource, StoreResource, local_or_url, parse_store_options
 
 ASSETS = [prompt_manifest, generated_images, image_catalog]
 ASSET_CHECKS = [catalog_copies_match, catalog_ids_unique]
@@ -27,8 +32,14 @@ ASSET_CHECKS = [catalog_copies_match, catalog_ids_unique]
 
 def build_resources(**kie_options: Any) -> dict[str, Any]:
     """Resources wired to the environment; ``kie_options`` override KieResource settings (the nested
-    ones as dicts, e.g. ``poll={"initial_s": 0.5}``)."""
-    store = local_or_url(os.environ.get("KIE_STORE", "data/store"))
+    ones as dicts, e.g. ``poll={"initial_s": 0.5}``).
+
+    Raises ValueError when ``KIE_STORE_OPTIONS`` is set but is not a JSON object."""
+    # One store resource, nested in the dataset and the IO manager: one URL and one set of options.
+    store = StoreResource(
+        url=local_or_url(os.environ.get("KIE_STORE", "data/store")),
+        storage_options=parse_store_options(os.environ.get("KIE_STORE_OPTIONS", "")),
+    )
     manifest = local_or_url(os.environ.get("KIE_MANIFEST", "data/prompts.csv"))
     # The key goes through EnvVar (resolved at run time, never stored in config or shown in the UI).
     # Without it, KieResource explains how to set it or how to use the emulator.

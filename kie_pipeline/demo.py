@@ -65,8 +65,9 @@ def main() -> int:
             run_config=QUIET,
         )
 
-        store = resources["dataset"].store
-        catalog = pd.read_parquet(f"{store}/image_catalog.parquet")
+        store = resources["dataset"].store.url
+        with resources["dataset"].store.path("image_catalog.parquet").open("rb") as fh:
+            catalog = pd.read_parquet(fh)
         print()
         print(f"Catalog: {store}/image_catalog.parquet ({len(catalog)} rows)")
         print(f"Images:  {store}/images/")

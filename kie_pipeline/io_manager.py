@@ -15,6 +15,8 @@ from upath import UPath
 
 from kie_pipeline.pipeline.store import atomic_write
 
+from .resources import StoreResource
+
 
 class _ParquetUPathIOManager(dg.UPathIOManager):
     extension = ".parquet"
@@ -45,12 +47,9 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
 
 
 class ParquetStoreIOManager(dg.ConfigurableIOManagerFactory):
-    """Stores DataFrame outputs as Parquet under ``store`` (a folder or an fsspec URL)."""
+    """Stores DataFrame outputs as Parquet in ``store`` (its URL, on its filesystem and options)."""
 
-    store: str = Field(description="Folder or fsspec URL under which tables are written.")
-    storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options (e.g. S3 endpoint)."
-    )
+    store: StoreResource = Field(description="The store under which tables are written.")
 
     def create_io_manager(self, context: dg.InitResourceContext) -> _ParquetUPathIOManager:
-        return _ParquetUPathIOManager(base_path=UPath(self.store, **self.storage_options))
+        return _ParquetUPathIOManager(base_path=self.store.path())

@@ -1,10 +1,14 @@
-"""Dagster resources: the Kie API client (KieResource) and where the dataset lives (DatasetResource)."""
+"""Dagster resources: the Kie API client (KieResource), the store (StoreResource) and the dataset
+(DatasetResource: the manifest and the store)."""
 
+import json
 import os
 import tempfile
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
+from upath import UPath
 
 from kie_pipeline.client import DEFAULT_BASE_URL, AsyncKieClient, PollPolicy, RateLimits, RetryPolicy
 from kie_pipeline.pipeline.store import TaskStore
@@ -76,16 +80,71 @@ class KieResource(dg.ConfigurableResource):
         return self.rate_limit_dir
 
 
-class DatasetResource(dg.ConfigurableResource):
-    """Where the manifest is read from and where images, task records and tables are written."""
+class StoreResource(dg.ConfigurableResource):
+    """Where images, task records and tables live: a folder or fsspec URL and its fsspec options.
 
-    manifest: str = Field(description="Path or fsspec URL of the manifest (.csv or .parquet).")
-    store: str = Field(description="Folder or fsspec URL (e.g. s3://bucket/prefix) for all outputs.")
+    The one place the store's filesystem is described: the task records and durable copies
+    (:meth:`task_store`), the Parquet tables (``ParquetStoreIOManager``) and every read of the store
+    (:meth:`path`) all use these options. Put endpoint- and region-style options here; leave
+    credentials to the filesystem's usual sources (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+    a profile, an instance role), since config is shown in Dagster's UI and stored with each run.
+    """
+
+    url: str = Field(description="Folder or fsspec URL (e.g. s3://bucket/prefix) for all outputs.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options of the store's filesystem, e.g. {'endpoint_url': ...}; no keys.",
+    )
 
     def task_store(self) -> TaskStore:
-        return TaskStore(self.store)
+        """Task records and durable copies under :attr:`url`."""
+        return TaskStore(self.url, storage_options=self.storage_options)
+
+    def path(self, *parts: str) -> UPath:
+        """A path under the store, on its filesystem (``path("image_catalog.parquet")``)."""
+        return UPath(self.url, **self.storage_options).joinpath(*parts)
+
+
+class DatasetResource(dg.ConfigurableResource):
+    """Where the manifest is read from and the store images, task records and tables are written to."""
+
+    manifest: str = Field(description="Path or fsspec URL of the manifest (.csv or .parquet).")
+    store: StoreResource = Field(description="The store of all outputs.")
+
+    def task_store(self) -> TaskStore:
+        """Task records and durable copies in :attr:`store`."""
+        return self.store.task_store()
 
 
 def local_or_url(value: str) -> str:
     """Local paths become absolute (runs may start in another directory); URLs stay as they are."""
     return value if "://" in value else os.path.abspath(value)
+
+
+def parse_store_options(text: str) -> dict[str, Any]:
+    """The store's fsspec options from ``KIE_STORE_OPTIONS``: a JSON object ('' means none).
+
+    Raises ValueError naming the variable when ``text`` is not a JSON object. The value itself is not
+    echoed: a misused variable could hold a secret.
+    """
+    if not text.strip():
+        return {}
+    example = """KIE_STORE_OPTIONS='{"endpoint_url": "https://s3.example.com"}'"""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"KIE_STORE_OPTIONS is not valid JSON ({exc}); set a JSON object, e.g. {example}."
+        ) from None
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"KIE_STORE_OPTIONS must be a JSON object of fsspec options, not {_json_kind(options)};"
+            f" e.g. {example}."
+        )
+    return options
+
+
+def _json_kind(value: object) -> str:
+    """What a decoded JSON value is, in JSON's words ("an array", "a string", ...)."""
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    return "null" if value is None else kinds.get(type(value), "a JSON value")

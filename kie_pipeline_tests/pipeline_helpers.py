@@ -60,7 +60,7 @@ class Pipeline:
     def __init__(self, instance: dg.DagsterInstance, **kie: Any) -> None:
         self.instance = instance
         self.resources = build_resources(**kie_options(FAST_KIE, kie))
-        self.store = self.resources["dataset"].store
+        self.store = self.resources["dataset"].store.url
 
     def manifest(self, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
         return dg.materialize(

@@ -401,6 +401,24 @@ def test_credits_and_the_sync_facade(emulator: EmulatorServer, tmp_path) -> None
     assert result.bytes == (tmp_path / "s.png").stat().st_size
 
 
+def test_download_hands_the_bytes_to_the_writer_it_is_given(emulator: EmulatorServer, tmp_path) -> None:
+    """The client fetches; writing belongs to whoever it is given (the store's atomic write by default)."""
+    written: dict[str, bytes] = {}
+
+    async def go():
+        async with make_client(emulator) as client:
+            record = await client.run("nano-banana-pro", PROMPT)
+            return await client.download(record.result_urls[0], "dest://a", write=written.__setitem__)
+
+    result = run(go())
+    with KieClient(emulator.config.api_key, emulator.url, poll=FAST_POLL) as client:
+        record = client.run("nano-banana-pro", PROMPT)
+        again = client.download(record.result_urls[0], "dest://b", write=written.__setitem__)
+    assert sorted(written) == ["dest://a", "dest://b"] and not list(tmp_path.iterdir())
+    assert result.path == "dest://a" and result.sha256 == hashlib.sha256(written["dest://a"]).hexdigest()
+    assert again.bytes == len(written["dest://b"]) > 0
+
+
 def test_callback_url_receives_the_final_record(emulator: EmulatorServer, callback_sink) -> None:
     received = callback_sink.received
 

@@ -1,7 +1,9 @@
-"""Scale: several partitions in parallel processes share Kie's limit; the store on S3 (moto server)."""
+"""Scale: several partitions in parallel processes share Kie's limit; the store on S3 (moto server),
+configured through ``KIE_STORE_OPTIONS``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 
@@ -43,11 +45,44 @@ def test_four_partitions_in_parallel_processes_share_the_rate_limit(env, emulato
     assert len(catalog) == 24 and (catalog["state"] == "success").all() and catalog["id"].is_unique
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("endpoint_url=http://x", "not valid JSON"), ('["endpoint_url"]', "not an array"), ("null", "not null")],
+)
+def test_kie_store_options_that_are_not_a_json_object_are_refused_by_name(
+    monkeypatch, value, problem
+) -> None:
+    from kie_pipeline.definitions import build_resources
+
+    monkeypatch.setenv("KIE_STORE_OPTIONS", value)
+    with pytest.raises(ValueError, match=f"KIE_STORE_OPTIONS .*{problem}") as caught:
+        build_resources()
+    assert 'e.g. KIE_STORE_OPTIONS=\'{"endpoint_url"' in str(caught.value)
+
+
+def test_kie_store_options_reach_records_copies_and_tables_through_one_resource(
+    tmp_path, monkeypatch
+) -> None:
+    from kie_pipeline.definitions import build_resources
+
+    monkeypatch.setenv("KIE_STORE", "memory://options-test/store")
+    monkeypatch.setenv("KIE_STORE_OPTIONS", '{"auto_mkdir": true}')
+    resources = build_resources()
+    store = resources["dataset"].store
+    assert resources["parquet_io"].store is store  # the IO manager has no copy of its own
+    assert store.storage_options == {"auto_mkdir": True}
+    assert resources["dataset"].task_store().fs.storage_options == {"auto_mkdir": True}
+    assert store.path("image_catalog.parquet").fs.storage_options == {"auto_mkdir": True}
+    monkeypatch.setenv("KIE_STORE_OPTIONS", "")
+    assert build_resources()["dataset"].store.storage_options == {}
+
+
 @pytest.fixture
 def s3(monkeypatch) -> Iterator[str]:
-    """A real S3 protocol server (moto) on loopback, with a bucket; fsspec pointed at it."""
+    """A real S3 protocol server (moto) on loopback with a bucket, and test credentials in the
+    environment. Its URL is the test's to hand out: the default endpoint is a closed port, so a read
+    or write that does not get the store's options fails instead of reaching moto (or AWS)."""
     import boto3
-    import fsspec
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -56,19 +91,21 @@ def s3(monkeypatch) -> Iterator[str]:
     url = f"http://{host}:{port}"
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": url, "FSSPEC_S3_ENDPOINT_URL": url,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1",
     }.items():  # fmt: skip
         monkeypatch.setenv(key, value)
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": url})
+    monkeypatch.delenv("FSSPEC_S3_ENDPOINT_URL", raising=False)
     boto3.client("s3", endpoint_url=url).create_bucket(Bucket="datasets")
-    fsspec.filesystem("s3").invalidate_cache()
     try:
         yield url
     finally:
         server.stop()
 
 
-def test_store_on_s3_images_records_partitions_and_catalog(tmp_path, emulator, s3, monkeypatch) -> None:
+def test_store_on_s3_via_kie_store_options_images_records_partitions_and_catalog(
+    tmp_path, emulator, s3, monkeypatch
+) -> None:
+    """The whole pipeline on S3, whose endpoint reaches the store only through KIE_STORE_OPTIONS."""
     import fsspec
 
     write_manifest(str(tmp_path / "prompts.csv"), SAMPLE)
@@ -76,6 +113,7 @@ def test_store_on_s3_images_records_partitions_and_catalog(tmp_path, emulator, s
     monkeypatch.setenv("KIE_BASE_URL", emulator.url)
     monkeypatch.setenv("KIE_MANIFEST", str(tmp_path / "prompts.csv"))
     monkeypatch.setenv("KIE_STORE", "s3://datasets/kie")
+    monkeypatch.setenv("KIE_STORE_OPTIONS", json.dumps({"endpoint_url": s3}))
     (tmp_path / "home").mkdir()
     with dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "home")) as instance:
         pipe = Pipeline(instance)
@@ -85,8 +123,7 @@ def test_store_on_s3_images_records_partitions_and_catalog(tmp_path, emulator, s
         result = pipe.catalog()
         assert all(e.passed for e in result.get_asset_check_evaluations())  # sha256 re-read from S3
         again = metadata(pipe.batch("animals"))
-    fs = fsspec.filesystem("s3")
-    fs.invalidate_cache()
+    fs = fsspec.filesystem("s3", endpoint_url=s3, skip_instance_cache=True)
     assert len(fs.ls("datasets/kie/images")) == 5
     assert len(fs.ls("datasets/kie/tasks")) == 5
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("datasets/kie/generated_images")) == [

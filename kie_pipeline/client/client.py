@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from .download import fetch as _fetch
-from .download import save as _save
 from .errors import (
     KieCreateUncertainError,
     KieError,
@@ -36,6 +36,19 @@ DEFAULT_BASE_URL = "https://api.kie.ai"
 logger = logging.getLogger("kie_pipeline.client")
 #: Connections per client (API and file hosts each); more requests than this wait their turn.
 MAX_CONNECTIONS = 16
+
+#: Writes a downloaded file: ``write(dest, data)``.
+Writer = Callable[[str, bytes], None]
+
+
+def write_to_store(dest: str, data: bytes) -> None:
+    """The default :data:`Writer` of :meth:`AsyncKieClient.download`: the store's atomic write of a
+    local path or fsspec URL (fsynced on local disks)."""
+    # Imported when called, not with the client: the store's module belongs to the pipeline, and
+    # whatever it comes to import can then never make `import kie_pipeline.client` circular.
+    from kie_pipeline.pipeline.store import write_atomically
+
+    write_atomically(dest, data)
 
 
 class _Secret:
@@ -285,6 +298,17 @@ class AsyncKieClient:
         self.usage.bytes_downloaded += len(fetched.data)
         return fetched
 
-    async def download(self, url: str, dest: str, *, max_bytes: int | None = None) -> DownloadResult:
-        """Stream ``url`` to ``dest`` (local path or fsspec URL); returns bytes written and sha256."""
-        return await _save(await self.fetch(url, max_bytes=max_bytes), dest)
+    async def download(
+        self, url: str, dest: str, *, max_bytes: int | None = None, write: Writer | None = None
+    ) -> DownloadResult:
+        """Fetch ``url`` (see :meth:`fetch`) and hand its bytes to ``write(dest, data)``, off the event
+        loop; returns what was written and its sha256.
+
+        ``write`` defaults to :func:`write_to_store`: ``dest`` is a local path or fsspec URL, written
+        atomically. Pass your own to write with storage options or anywhere else.
+        """
+        fetched = await self.fetch(url, max_bytes=max_bytes)
+        await asyncio.to_thread(write or write_to_store, dest, fetched.data)
+        return DownloadResult(
+            path=dest, bytes=len(fetched.data), sha256=fetched.sha256, content_type=fetched.content_type
+        )

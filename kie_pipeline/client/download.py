@@ -1,18 +1,18 @@
-"""Streaming download of result files to a local path or an fsspec URL, with a size cap."""
+"""Fetching result files into memory, with a size cap and a content-type check.
+
+Writing them is not the client's business: :meth:`AsyncKieClient.download` hands the bytes to a
+writer (by default the store's atomic writer, :func:`kie_pipeline.pipeline.store.write_atomically`).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
-import os
-import uuid
 
-import fsspec
 import httpx
 
 from .errors import KieDownloadError
-from .models import DownloadResult, FetchedFile
+from .models import FetchedFile
 from .registry import is_http_url
 
 #: Content types accepted for a result file; anything else (an HTML error page, say) is refused.
@@ -53,45 +53,3 @@ def _status_error(status: int, url: str) -> KieDownloadError:
     err = KieDownloadError(f"Download from {host} answered HTTP {status}.", status=status)
     err.retryable = status >= 500 or status == 429
     return err
-
-
-def write_bytes(dest: str, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to a local path or fsspec URL so that a reader never sees a partial file.
-
-    ``fsync=False`` survives a killed process but not a lost machine; call :func:`fsync_file` later.
-    """
-    fs, path = fsspec.core.url_to_fs(dest)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if "file" in fs.protocol or fs.protocol == "local":
-        tmp = f"{path}.{uuid.uuid4().hex}.part"
-        with fs.open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)  # atomic on a local filesystem
-    else:
-        # Object stores (S3, GCS, ...) publish an object only when its upload completes.
-        with fs.open(path, "wb") as fh:
-            fh.write(data)
-
-
-def fsync_file(dest: str) -> None:
-    """Flush a local file written with ``fsync=False`` to disk (object stores need nothing)."""
-    fs, path = fsspec.core.url_to_fs(dest)
-    if "file" in fs.protocol or fs.protocol == "local":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-async def save(fetched: FetchedFile, dest: str) -> DownloadResult:
-    """Write a fetched file to ``dest`` (local path or fsspec URL) off the event loop."""
-    await asyncio.to_thread(write_bytes, dest, fetched.data)
-    return DownloadResult(
-        path=dest, bytes=len(fetched.data), sha256=fetched.sha256, content_type=fetched.content_type
-    )

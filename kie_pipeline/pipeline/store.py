@@ -63,12 +63,26 @@ def atomic_write(fs: AbstractFileSystem, path: str, data: bytes, *, fsync: bool 
         raise
 
 
-class TaskStore:
-    """Task records and images under one root (local path or fsspec URL)."""
+def write_atomically(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``data`` to a local path or fsspec URL with :func:`atomic_write` (fsynced on local disks).
 
-    def __init__(self, root: str) -> None:
+    ``storage_options`` are the fsspec options of the URL's filesystem (an S3 endpoint, say).
+    """
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    atomic_write(fs, path, data)
+
+
+class TaskStore:
+    """Task records and images under one root (local path or fsspec URL).
+
+    ``storage_options`` are the fsspec options of the root's filesystem (``endpoint_url``, ...): every
+    read and write of the store goes through the one filesystem built with them.
+    """
+
+    def __init__(self, root: str, *, storage_options: dict[str, Any] | None = None) -> None:
         self.root = root.rstrip("/")
-        self.fs, self._root_path = fsspec.core.url_to_fs(self.root)
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)
 
     def record_uri(self, key: str) -> str:
         return join(self.root, "tasks", f"{key}.json")
