@@ -117,17 +117,17 @@ def test_store_failing_mid_run_loses_no_task_id(env, emulator, instance, monkeyp
     lock = threading.Lock()
     state = {"recorded": 0, "full": False}
 
-    def save(self, key, record, *, fsync=True):
+    def save(self, record, *, fsync=True):
         # Once four tasks are recorded, the disk "fills up" just as the fifth task's record is
         # written: that task is created and paid for, but its record cannot be written, and every
         # later write fails too.
         with lock:
-            if not state["full"] and record.get("task_id"):
+            if not state["full"] and record.task_id:
                 state["full"] = state["recorded"] >= 4
                 state["recorded"] += 1
             if state["full"]:
                 raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(self, key, record, fsync=fsync)
+        real_save(self, record, fsync=fsync)
 
     monkeypatch.setattr(TaskStore, "save", save)
     result = pipe.batch("b", raise_on_error=False)

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 import pandas as pd
@@ -43,6 +44,15 @@ from kie_pipeline.client import (
 )
 
 from .lease import RowLease, RowLeaseHeld, batch_lease
+from .record import (
+    MAYBE_PAID,
+    PAID_AND_PENDING,
+    FailCode,
+    KieOutcome,
+    RecordStatus,
+    RequestRecord,
+    ResultCopy,
+)
 from .recovery import forget_unrecorded, load_unrecorded, recover_record, save_unrecorded
 from .schema import CATALOG_DTYPES, INTERNAL_MANIFEST_COLUMNS
 from .store import TaskStore
@@ -53,10 +63,27 @@ log = logging.getLogger(__name__)
 EXPIRED_STATUSES = (403, 404, 410)
 _FORMAT_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 
-#: Record statuses. ``creating`` is the intent written before createTask; ``uncertain`` a createTask
-#: whose answer was lost; ``refused`` a createTask Kie refused (nothing was created).
-CREATING, SUBMITTED, UNCERTAIN, REFUSED = "creating", "submitted", "uncertain", "refused"
-SUCCESS, FAIL, TIMEOUT, DOWNLOAD_FAILED, EXPIRED = "success", "fail", "timeout", "download_failed", "expired"
+
+class Outcome(Enum):
+    """How a row ends in a run: the :class:`BatchSummary` counter it adds to, its catalog ``state``,
+    and whether it counts toward ``max_consecutive_failures``. Rows are settled only through
+    ``_Batch.settle``, so the counters, the fail codes and the catalog always agree."""
+
+    SUCCEEDED = ("succeeded", "success", False)
+    REUSED = ("reused", "success", False)
+    #: Kie reported the task failed, refused createTask, or could not be asked about the task.
+    FAILED = ("failed", "fail", True)
+    TIMED_OUT = ("timed_out", "fail", False)
+    DOWNLOAD_FAILED = ("download_failed", "fail", False)
+    EXPIRED = ("expired", "fail", False)
+    UNCERTAIN = ("uncertain", "uncertain", True)
+    NOT_SUBMITTED = ("not_submitted", "fail", False)
+    STORE_ERROR = ("store_errors", "fail", False)
+
+    def __init__(self, counter: str, state: str, streak: bool) -> None:
+        self.counter = counter
+        self.state = state
+        self.streak = streak
 
 
 class SystemicError(RuntimeError):
@@ -74,7 +101,11 @@ class SystemicError(RuntimeError):
 
 @dataclass
 class BatchSummary:
-    """What one call of :func:`generate_batch` did (counted per row, not per result)."""
+    """What one call of :func:`generate_batch` did (counted per row, not per result).
+
+    Each row adds to exactly one :class:`Outcome` counter (``succeeded`` ... ``store_errors``), and
+    every row that did not succeed adds its catalog ``fail_code`` to ``fail_codes``.
+    """
 
     rows: int = 0
     created: int = 0
@@ -85,6 +116,7 @@ class BatchSummary:
     timed_out: int = 0
     download_failed: int = 0
     not_submitted: int = 0
+    store_errors: int = 0
     uncertain: int = 0
     resubmitted_uncertain: int = 0
     expired: int = 0
@@ -117,13 +149,21 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
 
 
-def images_of(rec: Mapping[str, Any] | None) -> list[dict[str, Any] | None]:
-    """The durable copies of a record, one slot per result (records before 0.2 held one ``image``)."""
-    if not rec:
-        return []
-    if "images" in rec:
-        return list(rec["images"] or [])
-    return [rec["image"]] if rec.get("image") else []
+def _new_record(
+    row: Mapping[str, Any], previous: RequestRecord | None, status: RecordStatus, **fields: Any
+) -> RequestRecord:
+    """A record for ``row`` that replaces ``previous``, keeping its task history."""
+    return RequestRecord(
+        key=row["request_key"],
+        id=row["id"],
+        batch=row["batch"],
+        model=row["model"],
+        input=json.loads(row["input_json"]),
+        status=status,
+        previous_task_ids=previous.history() if previous else [],
+        uncertain=list(previous.uncertain) if previous else [],
+        **fields,
+    )
 
 
 class _Batch:
@@ -160,19 +200,19 @@ class _Batch:
         self.adopted_keys: set[str] = set()
 
     # -- records ---------------------------------------------------------------------------------
-    async def save(self, rec: dict[str, Any], *, fsync: bool = True) -> None:
+    async def save(self, rec: RequestRecord, *, fsync: bool = True) -> None:
         await asyncio.to_thread(self.save_now, rec, fsync=fsync)
 
-    def save_now(self, rec: dict[str, Any], *, fsync: bool = True) -> None:
-        rec["updated_at"] = _now()
+    def save_now(self, rec: RequestRecord, *, fsync: bool = True) -> None:
+        rec.updated_at = _now()
         try:
-            self.store.save(rec["key"], rec, fsync=fsync)
+            self.store.save(rec, fsync=fsync)
         except OSError as exc:
-            task = f" (task {rec['task_id']} was created and must not be lost)" if rec.get("task_id") else ""
+            task = f" (task {rec.task_id} was created and must not be lost)" if rec.task_id else ""
             self.stop(f"the store {self.store.root} is not writable: {exc}{task}")
             raise
 
-    async def _save_quietly(self, rec: dict[str, Any]) -> None:
+    async def _save_quietly(self, rec: RequestRecord) -> None:
         # On failure stop() has recorded why, with the task id in the message.
         with contextlib.suppress(OSError):
             await self.save(rec)
@@ -192,73 +232,90 @@ class _Batch:
                 retryable=transient,
             )
 
-    def _settle(self, row: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    def settle(
+        self,
+        row: dict[str, Any],
+        rec: RequestRecord | None,
+        outcome: Outcome,
+        code: str | None = None,
+        msg: str | None = None,
+        *,
+        transient: bool = False,
+    ) -> None:
+        """The one place a row's outcome is counted and its catalog rows are made.
+
+        ``code`` and ``msg`` are the catalog's ``fail_code`` and ``fail_msg`` of a row that did not
+        succeed; ``transient`` says whether a failure may pass by itself (Kie or the network down).
+        """
+        summary = self.summary
+        setattr(summary, outcome.counter, getattr(summary, outcome.counter) + 1)
+        if outcome.state == "success":
+            assert rec is not None
+            rows = success_rows(row, rec)
+            if outcome is Outcome.SUCCEEDED:
+                self.consecutive_failures = 0
+        else:
+            code = str(code or FailCode.ERROR)
+            summary.fail_codes[code] += 1
+            rows = [result_row(row, rec, 0, state=outcome.state, fail_code=code, fail_msg=msg)]
+            if outcome.streak:
+                self._count_failure(transient=transient)
         self.results[row["id"]] = rows
         self.finished += 1
 
-    def _fail(
-        self, row: dict[str, Any], rec: dict[str, Any] | None, code: str, msg: str, state: str = "fail"
-    ):
-        self._settle(row, [result_row(row, rec, 0, state=state, fail_code=code, fail_msg=msg)])
-
     # -- the row's life --------------------------------------------------------------------------
-    async def create(self, row: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    async def create(self, row: dict[str, Any], previous: RequestRecord | None) -> RequestRecord | None:
         """Create the row's task under its row lease and record it at once; None if none was created.
 
         Returns the record of a task another process created meanwhile (found under the lease), so
         the caller waits for that one instead.
         """
         if self.stop_reason:
-            self.summary.not_submitted += 1
-            self._fail(row, previous, "NOT_SUBMITTED", f"not submitted: {self.stop_reason}")
+            self.settle(
+                row,
+                previous,
+                Outcome.NOT_SUBMITTED,
+                FailCode.NOT_SUBMITTED,
+                f"not submitted: {self.stop_reason}",
+            )
             return None
         lease = RowLease(self.store, row["request_key"])
         try:
             # One trip off the event loop: take the lease, re-read the record, write the intent.
             found, rec = await asyncio.to_thread(self._claim, lease, row, previous)
         except RowLeaseHeld as exc:
-            self.summary.not_submitted += 1
-            self._fail(row, previous, "NOT_SUBMITTED", f"not submitted: {exc}")
+            self.settle(row, previous, Outcome.NOT_SUBMITTED, FailCode.NOT_SUBMITTED, f"not submitted: {exc}")
             return None
         except OSError:
-            self.summary.not_submitted += 1
-            self._fail(row, previous, "STORE_ERROR", self.stop_reason or "store error")
+            self.settle(
+                row, previous, Outcome.STORE_ERROR, FailCode.STORE_ERROR, self.stop_reason or "store error"
+            )
             return None
         if found is not None:
             self.summary.resumed += 1
             return found
+        assert rec is not None
         try:
             return await self._create(row, rec, previous)
         finally:
             lease.release()
 
     def _claim(
-        self, lease: RowLease, row: dict[str, Any], previous: dict[str, Any] | None
-    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        self, lease: RowLease, row: dict[str, Any], previous: RequestRecord | None
+    ) -> tuple[RequestRecord | None, RequestRecord | None]:
         """(In a thread.) Under the row's lease: a task another process created meanwhile (the lease
         is then released), or the intent record written before createTask (the lease stays held)."""
         lease.acquire()
         try:
             current = self.store.load(row["request_key"])
-            if current and current.get("task_id") and current.get("status") in (SUBMITTED, SUCCESS):
+            if (
+                current
+                and current.task_id
+                and current.status in (RecordStatus.SUBMITTED, RecordStatus.SUCCESS)
+            ):
                 lease.release()
-                return current, {}
-            prev = current if current is not None else (previous or {})
-            history = list(prev.get("previous_task_ids", []))
-            if prev.get("task_id"):
-                history.append(prev["task_id"])
-            rec: dict[str, Any] = {
-                "key": row["request_key"],
-                "id": row["id"],
-                "batch": row["batch"],
-                "model": row["model"],
-                "input": json.loads(row["input_json"]),
-                "task_id": None,
-                "status": CREATING,
-                "intent_at": _now(),
-                "previous_task_ids": history,
-                "uncertain": list(prev.get("uncertain", [])),
-            }
+                return current, None
+            rec = _new_record(row, current or previous, RecordStatus.CREATING, intent_at=_now())
             # The intent comes first: a run killed during createTask leaves it, so the next run
             # knows this row may have been paid for (page cache survives a killed process).
             self.save_now(rec, fsync=False)
@@ -268,69 +325,57 @@ class _Batch:
             raise
 
     async def _create(
-        self, row: dict[str, Any], rec: dict[str, Any], previous: dict[str, Any] | None
-    ) -> dict[str, Any] | None:
-        inp = rec["input"]
+        self, row: dict[str, Any], rec: RequestRecord, previous: RequestRecord | None
+    ) -> RequestRecord | None:
         try:
-            task_id = await self.client.create_task(row["model"], inp, validate=False)
+            task_id = await self.client.create_task(row["model"], rec.input, validate=False)
         except KieCreateUncertainError as exc:
-            rec.update(status=UNCERTAIN, error=str(exc))
-            rec["uncertain"].append({"at": _now(), "reason": exc.reason})
-            self.summary.uncertain += 1
+            rec.status, rec.error = RecordStatus.UNCERTAIN, str(exc)
+            rec.uncertain.append({"at": _now(), "reason": exc.reason})
             self.progress(
                 f"Row {row['id']!r} (request key {row['request_key']}): createTask's answer was lost "
                 f"({exc.reason}); Kie may have created the task. Not retried in this run; the next run "
                 "submits it again and may pay twice for it."
             )
-            self._count_failure(transient=True)
             await self._save_quietly(rec)
-            self._fail(row, rec, "UNCERTAIN", str(exc), state="uncertain")
+            self.settle(row, rec, Outcome.UNCERTAIN, FailCode.UNCERTAIN, str(exc), transient=True)
             return None
         except (KieAuthError, KieInsufficientCreditsError) as exc:
             self.stop(str(exc))
-            self.summary.not_submitted += 1
-            rec.update(status=REFUSED, error=str(exc))
+            rec.status, rec.error = RecordStatus.REFUSED, str(exc)
             await self._save_quietly(rec)
-            self._fail(row, previous, str(exc.code), str(exc))
+            self.settle(row, previous, Outcome.NOT_SUBMITTED, str(exc.code), str(exc))
             return None
         except KieError as exc:
             # Kie answered with an error: nothing was created; the next run submits this row again.
-            rec.update(status=REFUSED, error=str(exc))
+            rec.status, rec.error = RecordStatus.REFUSED, str(exc)
             await self._save_quietly(rec)
-            self.summary.failed += 1
-            self.summary.fail_codes[str(exc.code or "ERROR")] += 1
-            self._count_failure(transient=exc.retryable)
-            self._fail(row, rec, str(exc.code or "ERROR"), str(exc))
+            self.settle(row, rec, Outcome.FAILED, exc.code, str(exc), transient=exc.retryable)
             return None
         self.summary.created += 1
-        estimate = estimate_credits(row["model"], inp, self.prices)
-        rec.update(
-            task_id=task_id,
-            status=SUBMITTED,
-            submitted_at=_now(),
-            credits=estimate,
-            credits_source="estimate" if estimate is not None else None,
-        )
-        self.created_keys.add(rec["key"])
+        estimate = estimate_credits(row["model"], rec.input, self.prices)
+        rec.task_id, rec.status, rec.submitted_at = task_id, RecordStatus.SUBMITTED, _now()
+        rec.credits, rec.credits_source = estimate, "estimate" if estimate is not None else None
+        self.created_keys.add(rec.key)
         try:
             # Written synchronously, with no await between Kie's answer and the record: the only
             # window in which a kill loses a paid task is the answer's own trip over the network.
             # The fsync, which only a lost machine needs, happens off the event loop right after.
             self.save_now(rec, fsync=False)
-            await asyncio.to_thread(self.store.fsync, rec["key"])
+            await asyncio.to_thread(self.store.fsync, rec.key)
         except OSError as exc:
             await self._unrecorded(row, rec, exc)
             return None
         return rec
 
-    async def _unrecorded(self, row: dict[str, Any], rec: dict[str, Any], exc: OSError) -> None:
+    async def _unrecorded(self, row: dict[str, Any], rec: RequestRecord, exc: OSError) -> None:
         """A created task whose record could not be written: never let its id live only in memory."""
         entry = {
             "id": row["id"],
             "batch": row["batch"],
             "model": row["model"],
             "request_key": row["request_key"],
-            "task_id": rec["task_id"],
+            "task_id": rec.task_id,
             "store": self.store.root,
         }
         self.summary.unrecorded.append(entry)
@@ -339,63 +384,61 @@ class _Batch:
             self.summary.unrecorded_file = saved
         where = f"saved to {saved} for the next run to adopt" if saved else "NOT saved anywhere else"
         self.progress(
-            f"Task {rec['task_id']} of row {row['id']!r} (request key {row['request_key']}) was created "
+            f"Task {rec.task_id} of row {row['id']!r} (request key {row['request_key']}) was created "
             f"and paid for, but its record could not be written ({exc}); {where}."
         )
-        self._fail(row, rec, "STORE_ERROR", f"task {rec['task_id']} created but not recorded: {exc}")
+        msg = f"task {rec.task_id} created but not recorded: {exc}"
+        self.settle(row, rec, Outcome.STORE_ERROR, FailCode.STORE_ERROR, msg)
 
-    async def finish(self, row: dict[str, Any], rec: dict[str, Any], *, first_delay: float | None) -> None:
+    async def finish(self, row: dict[str, Any], rec: RequestRecord, *, first_delay: float | None) -> None:
         """Wait for the task, record its outcome and make the durable copies."""
         self.in_flight += 1
         try:
             await self._finish(row, rec, first_delay=first_delay)
         finally:
             self.in_flight -= 1
-            if rec["key"] in self.created_keys:
-                self.summary.credits_used += float(rec.get("credits") or 0)
-                self.summary.credits_from_kie += rec.get("credits_source") == "kie"
+            if rec.key in self.created_keys:
+                self.summary.credits_used += float(rec.credits or 0)
+                self.summary.credits_from_kie += rec.credits_source == "kie"
 
-    async def _finish(self, row: dict[str, Any], rec: dict[str, Any], *, first_delay: float | None) -> None:
+    async def _finish(self, row: dict[str, Any], rec: RequestRecord, *, first_delay: float | None) -> None:
+        assert rec.task_id is not None
         try:
-            final = await self.waiter.wait(rec["task_id"], timeout=self.wait_timeout, first_delay=first_delay)
+            final = await self.waiter.wait(rec.task_id, timeout=self.wait_timeout, first_delay=first_delay)
         except KieTaskTimeoutError as exc:
-            rec.update(status=TIMEOUT, error=str(exc), kie={"state": exc.last_state})
-            self.summary.timed_out += 1
+            rec.status, rec.error, rec.kie = RecordStatus.TIMEOUT, str(exc), KieOutcome(state=exc.last_state)
             await self._save_quietly(rec)
-            self._fail(row, rec, "TIMEOUT", str(exc))
+            self.settle(row, rec, Outcome.TIMED_OUT, FailCode.TIMEOUT, str(exc))
             return
         except KieAuthError as exc:
             self.stop(str(exc))
-            self._fail(row, rec, "401", str(exc))
+            self.settle(row, rec, Outcome.FAILED, exc.code, str(exc))
             return
         except KieNotFoundError as exc:
             # Kie no longer knows the task (past its retention): nothing left to download.
-            await self._expired(row, rec, f"Kie no longer knows task {rec['task_id']}: {exc}")
+            await self._expired(row, rec, f"Kie no longer knows task {rec.task_id}: {exc}")
             return
         except KieError as exc:
-            rec.update(error=str(exc))
+            rec.error = str(exc)
             await self._save_quietly(rec)
-            self.summary.failed += 1
-            self._fail(row, rec, str(exc.code or "ERROR"), str(exc))
+            self.settle(row, rec, Outcome.FAILED, exc.code, str(exc), transient=exc.retryable)
             return
-        rec["kie"] = {
-            "state": final.state.value,
-            "fail_code": final.fail_code,
-            "fail_msg": final.fail_msg,
-            "cost_time_ms": final.cost_time_ms,
-            "create_time": _iso(final.create_time),
-            "complete_time": _iso(final.complete_time),
-            "result_urls": final.result_urls,
-        }
+        rec.kie = KieOutcome(
+            state=final.state.value,
+            fail_code=final.fail_code,
+            fail_msg=final.fail_msg,
+            cost_time_ms=final.cost_time_ms,
+            create_time=_iso(final.create_time),
+            complete_time=_iso(final.complete_time),
+            result_urls=final.result_urls,
+        )
         if final.credits is not None:
-            rec.update(credits=final.credits, credits_source="kie")
+            rec.credits, rec.credits_source = final.credits, "kie"
         if final.state is TaskState.FAIL:
-            rec.update(status=FAIL)
-            self.summary.failed += 1
-            self.summary.fail_codes[final.fail_code or "fail"] += 1
-            self._count_failure(transient=False)
+            rec.status = RecordStatus.FAIL
             await self._save_quietly(rec)
-            self._fail(row, rec, final.fail_code or "fail", final.fail_msg or "Kie reported fail")
+            code = final.fail_code or FailCode.FAIL
+            self.settle(row, rec, Outcome.FAILED, code, final.fail_msg or "Kie reported fail")
             return
         await self.download(row, rec, final)
 
@@ -418,7 +461,7 @@ class _Batch:
             fetched = await self.client.fetch(fresh)
         return fetched.data, fetched.sha256
 
-    async def _copy(self, row: dict[str, Any], index: int, url: str) -> dict[str, Any] | None:
+    async def _copy(self, row: dict[str, Any], index: int, url: str) -> ResultCopy | None:
         """Download result ``index`` and write its durable copy; None when it has expired.
 
         Raises KieError when the download fails (retry on the next run), OSError when the store
@@ -437,99 +480,87 @@ class _Batch:
         name = row["request_key"] if index == 0 else f"{row['request_key']}-{index}"
         uri = self.store.image_uri(name, ext)
         await asyncio.to_thread(self.store.write_bytes, uri, data)
-        return {
-            "uri": uri,
-            "sha256": sha,
-            "bytes": len(data),
-            "width": width,
-            "height": height,
-            "format": ext,
-        }
+        return ResultCopy(uri=uri, sha256=sha, bytes=len(data), width=width, height=height, format=ext)
 
-    async def download(self, row: dict[str, Any], rec: dict[str, Any], final: TaskRecord) -> None:
+    async def download(self, row: dict[str, Any], rec: RequestRecord, final: TaskRecord) -> None:
         """Copy every result of a finished task (those an earlier run copied are kept)."""
         urls = final.result_urls
-        copies = images_of(rec)
-        rec["images"] = (copies + [None] * len(urls))[: len(urls)]
-        rec.pop("image", None)
+        rec.images = (rec.images + [None] * len(urls))[: len(urls)]
         try:
             if not urls:
                 raise KieDownloadError("Kie reported success without a result URL.")
             on_disk = await asyncio.to_thread(
-                lambda: [bool(im) and self.store.exists(im["uri"]) for im in rec["images"]]
+                lambda: [im is not None and self.store.exists(im.uri) for im in rec.images]
             )
             for index, url in enumerate(urls):
                 if on_disk[index]:
                     continue
                 image = await self._copy(row, index, url)
                 if image is None:
-                    await self._expired(row, rec, f"result {index} of task {rec['task_id']} has expired")
+                    await self._expired(row, rec, f"result {index} of task {rec.task_id} has expired")
                     return
-                rec["images"][index] = image
+                rec.images[index] = image
         except KieError as exc:
-            rec.update(status=DOWNLOAD_FAILED, error=str(exc))
-            self.summary.download_failed += 1
+            rec.status, rec.error = RecordStatus.DOWNLOAD_FAILED, str(exc)
             await self._save_quietly(rec)
-            self._fail(row, rec, "DOWNLOAD_FAILED", str(exc))
+            self.settle(row, rec, Outcome.DOWNLOAD_FAILED, FailCode.DOWNLOAD_FAILED, str(exc))
             return
         except OSError as exc:
-            self.stop(
-                f"the store {self.store.root} is not writable: {exc} (task {rec['task_id']} is recorded)"
-            )
-            self._fail(row, rec, "STORE_ERROR", str(exc))
+            self.stop(f"the store {self.store.root} is not writable: {exc} (task {rec.task_id} is recorded)")
+            self.settle(row, rec, Outcome.STORE_ERROR, FailCode.STORE_ERROR, str(exc))
             return
-        rec.update(status=SUCCESS, error=None)
+        rec.status, rec.error = RecordStatus.SUCCESS, None
         try:
             await self.save(rec)
         except OSError:
-            self._fail(row, rec, "STORE_ERROR", self.stop_reason or "store error")
+            self.settle(
+                row, rec, Outcome.STORE_ERROR, FailCode.STORE_ERROR, self.stop_reason or "store error"
+            )
             return
-        self.summary.succeeded += 1
-        self.consecutive_failures = 0
-        self._settle(row, success_rows(row, rec))
+        self.settle(row, rec, Outcome.SUCCEEDED)
 
-    async def _expired(self, row: dict[str, Any], rec: dict[str, Any], why: str) -> None:
+    async def _expired(self, row: dict[str, Any], rec: RequestRecord, why: str) -> None:
         msg = (
             f"{why}; the image was paid for but can no longer be downloaded. Re-materialize with "
             "regenerate_expired: true to pay for a new generation."
         )
-        rec.update(status=EXPIRED, error=msg)
-        self.summary.expired += 1
+        rec.status, rec.error = RecordStatus.EXPIRED, msg
         await self._save_quietly(rec)
-        self._fail(row, rec, "EXPIRED", msg)
+        self.settle(row, rec, Outcome.EXPIRED, FailCode.EXPIRED, msg)
 
     # -- the batch -------------------------------------------------------------------------------
     def _plan(
-        self, rows: list[dict[str, Any]], existing: dict[str, dict[str, Any]], on_disk: set[str]
-    ) -> tuple[
-        list[tuple[dict[str, Any], dict[str, Any]]], list[tuple[dict[str, Any], dict[str, Any] | None]]
-    ]:
+        self, rows: list[dict[str, Any]], existing: dict[str, RequestRecord], on_disk: set[str]
+    ) -> tuple[list[tuple[dict[str, Any], RequestRecord]], list[tuple[dict[str, Any], RequestRecord | None]]]:
         """Split rows into reused (settled here), to resume (a task exists) and to create."""
-        resume: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        create: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+        resume: list[tuple[dict[str, Any], RequestRecord]] = []
+        create: list[tuple[dict[str, Any], RequestRecord | None]] = []
         for row in rows:
             rec = existing.get(row["request_key"])
-            status = (rec or {}).get("status")
-            copies = images_of(rec)
-            if status == SUCCESS and copies and all(im and im["uri"] in on_disk for im in copies):
-                self.summary.reused += 1
-                self._settle(row, success_rows(row, rec))
-            elif status == EXPIRED and not self.regenerate_expired:
-                self.summary.expired += 1
-                self._fail(row, rec, "EXPIRED", rec.get("error") or "the result expired before it was copied")
-            elif rec and rec.get("task_id") and status not in (FAIL, EXPIRED, REFUSED, CREATING, UNCERTAIN):
+            status = rec.status if rec else None
+            if (
+                rec
+                and status is RecordStatus.SUCCESS
+                and rec.images
+                and all(im is not None and im.uri in on_disk for im in rec.images)
+            ):
+                self.settle(row, rec, Outcome.REUSED)
+            elif rec and status is RecordStatus.EXPIRED and not self.regenerate_expired:
+                why = rec.error or "the result expired before it was copied"
+                self.settle(row, rec, Outcome.EXPIRED, FailCode.EXPIRED, why)
+            elif rec and rec.task_id and status in PAID_AND_PENDING:
                 # Paid for already (submitted, timed out, download failed or copy lost): resume.
                 self.summary.resumed += 1
                 resume.append((row, rec))
             else:
-                if status in (CREATING, UNCERTAIN):
+                if status in MAYBE_PAID:
                     self.summary.resubmitted_uncertain += 1
                     self.progress(
                         f"Row {row['id']!r} (request key {row['request_key']}): an earlier createTask "
                         "may have created a task whose id never arrived; submitting it again, which "
                         "may pay twice for this row."
                     )
-                elif status == EXPIRED:
+                elif status is RecordStatus.EXPIRED:
                     self.summary.regenerated_expired += 1
                 create.append((row, rec))
         return resume, create
@@ -553,7 +584,11 @@ class _Batch:
         existing = await asyncio.to_thread(self.store.load_many, [r["request_key"] for r in rows])
         await self._repair(rows, existing)
         done_uris = [
-            im["uri"] for r in existing.values() if r.get("status") == SUCCESS for im in images_of(r) if im
+            im.uri
+            for r in existing.values()
+            if r.status is RecordStatus.SUCCESS
+            for im in r.images
+            if im is not None
         ]
         # One trip off the event loop for every existence check, not one per row.
         on_disk = await asyncio.to_thread(lambda: {u for u in done_uris if self.store.exists(u)})
@@ -579,19 +614,19 @@ class _Batch:
         if self.adopted_keys:
             await asyncio.to_thread(self._forget_adopted)
 
-    async def _repair(self, rows: list[dict[str, Any]], existing: dict[str, dict[str, Any]]) -> None:
+    async def _repair(self, rows: list[dict[str, Any]], existing: dict[str, RequestRecord]) -> None:
         """Before planning: rebuild damaged records and adopt tasks an earlier run could not record."""
         for row in rows:
             key = row["request_key"]
             rec = existing.get(key)
-            if rec and rec.get("status") == "corrupt":
+            if rec and rec.status is RecordStatus.CORRUPT:
                 fixed = await asyncio.to_thread(recover_record, self.store, row, rec)
                 self.summary.recovered_records += 1
                 self.progress(
-                    f"The task record {rec['corrupt_file']} of row {row['id']!r} is damaged "
-                    f"({rec['error']}); set aside as {rec['set_aside']}. Recovered: task id "
-                    f"{fixed['task_id'] or 'none'}, {len(fixed['images'])} durable copy(ies); the row is "
-                    f"now {fixed['status']}."
+                    f"The task record {rec.corrupt_file} of row {row['id']!r} is damaged "
+                    f"({rec.error}); set aside as {rec.set_aside}. Recovered: task id "
+                    f"{fixed.task_id or 'none'}, {len(fixed.images)} durable copy(ies); the row is "
+                    f"now {fixed.status}."
                 )
                 await self._save_quietly(fixed)
                 existing[key] = fixed
@@ -601,26 +636,17 @@ class _Batch:
             entry, rec = fallback.get(key), existing.get(key)
             if not entry:
                 continue
-            if rec and (rec.get("task_id") == entry["task_id"] or rec.get("status") == SUCCESS):
+            if rec and (rec.task_id == entry["task_id"] or rec.status is RecordStatus.SUCCESS):
                 self.adopted_keys.add(key)  # recorded after all: only forget the fallback entry
                 continue
-            prev = rec or {}
-            history = list(prev.get("previous_task_ids", []))
-            if prev.get("task_id"):
-                history.append(prev["task_id"])
-            adopted = {
-                "key": key,
-                "id": row["id"],
-                "batch": row["batch"],
-                "model": row["model"],
-                "input": json.loads(row["input_json"]),
-                "task_id": entry["task_id"],
-                "status": SUBMITTED,
-                "submitted_at": entry.get("at"),
-                "previous_task_ids": history,
-                "uncertain": list(prev.get("uncertain", [])),
-                "adopted_from": "fallback file of unrecorded tasks",
-            }
+            adopted = _new_record(
+                row,
+                rec,
+                RecordStatus.SUBMITTED,
+                task_id=entry["task_id"],
+                submitted_at=entry.get("at"),
+                adopted_from="fallback file of unrecorded tasks",
+            )
             self.summary.adopted += 1
             self.adopted_keys.add(key)
             self.progress(
@@ -632,13 +658,13 @@ class _Batch:
 
     def _forget_adopted(self) -> None:
         saved = self.store.load_many(sorted(self.adopted_keys))
-        recorded = [k for k, rec in saved.items() if rec.get("task_id")]
+        recorded = [k for k, rec in saved.items() if rec.task_id]
         forget_unrecorded(self.store, recorded)
 
 
 def result_row(
     row: Mapping[str, Any],
-    rec: Mapping[str, Any] | None,
+    rec: RequestRecord | None,
     index: int,
     *,
     state: str,
@@ -646,13 +672,11 @@ def result_row(
     fail_msg: str | None = None,
 ) -> dict[str, Any]:
     """One catalog row (before the manifest's extra columns): keys are exactly the schema's columns."""
-    rec = rec or {}
-    kie = rec.get("kie") or {}
-    urls = kie.get("result_urls") or []
-    copies = images_of(rec)
-    image: Mapping[str, Any] = {}
-    if state == "success" and index < len(copies):
-        image = copies[index] or {}
+    kie = (rec.kie if rec else None) or KieOutcome()
+    urls = kie.result_urls
+    image = None
+    if rec is not None and state == "success" and index < len(rec.images):
+        image = rec.images[index]
     out = dict.fromkeys(CATALOG_DTYPES)
     out.update(
         id=row["id"],
@@ -661,23 +685,14 @@ def result_row(
         prompt=row["prompt"],
         state=state,
         result_index=index,
-        task_id=rec.get("task_id"),
+        task_id=rec.task_id if rec else None,
         result_url=urls[index] if index < len(urls) else None,
-        image_uri=image.get("uri"),
-        sha256=image.get("sha256"),
-        bytes=image.get("bytes"),
-        width=image.get("width"),
-        height=image.get("height"),
-        format=image.get("format"),
         fail_code=fail_code,
         fail_msg=fail_msg,
-        cost_time_ms=kie.get("cost_time_ms"),
-        # Credits belong to the task: on its first result only, so that sums are right.
-        credits=rec.get("credits") if index == 0 else None,
-        credits_source=rec.get("credits_source") if index == 0 else None,
-        created_at=kie.get("create_time"),
-        completed_at=kie.get("complete_time"),
-        submitted_at=rec.get("submitted_at"),
+        cost_time_ms=kie.cost_time_ms,
+        created_at=kie.create_time,
+        completed_at=kie.complete_time,
+        submitted_at=rec.submitted_at if rec else None,
         request_key=row["request_key"],
         input=row.get("input_json"),
         aspect_ratio=row.get("aspect_ratio"),
@@ -686,12 +701,24 @@ def result_row(
         image_input=row.get("image_input"),
         result_urls=json.dumps(urls),
     )
+    if image is not None:
+        out.update(
+            image_uri=image.uri,
+            sha256=image.sha256,
+            bytes=image.bytes,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+        )
+    if index == 0 and rec is not None:
+        # Credits belong to the task: on its first result only, so that sums are right.
+        out.update(credits=rec.credits, credits_source=rec.credits_source)
     return out
 
 
-def success_rows(row: Mapping[str, Any], rec: Mapping[str, Any]) -> list[dict[str, Any]]:
+def success_rows(row: Mapping[str, Any], rec: RequestRecord) -> list[dict[str, Any]]:
     """One row per result of a finished task."""
-    return [result_row(row, rec, i, state="success") for i in range(len(images_of(rec)))]
+    return [result_row(row, rec, i, state="success") for i in range(len(rec.images))]
 
 
 async def generate_batch(

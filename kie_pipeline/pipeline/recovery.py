@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from .record import RecordStatus, RequestRecord, ResultCopy
 from .store import TaskStore
 
 
@@ -85,25 +86,25 @@ def forget_unrecorded(store: TaskStore, keys: Iterable[str]) -> None:
     os.replace(tmp, path)
 
 
-def describe_copy(store: TaskStore, uri: str) -> dict[str, Any] | None:
-    """The image entry of a durable copy found on disk (hash, size, dimensions), or None."""
+def describe_copy(store: TaskStore, uri: str) -> ResultCopy | None:
+    """The durable copy found on disk at ``uri`` (hash, size, dimensions), or None."""
     try:
         data = store.read_bytes(uri)
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.width, img.height
     except (OSError, UnidentifiedImageError):
         return None
-    return {
-        "uri": uri,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-        "width": width,
-        "height": height,
-        "format": uri.rsplit(".", 1)[-1],
-    }
+    return ResultCopy(
+        uri=uri,
+        sha256=hashlib.sha256(data).hexdigest(),
+        bytes=len(data),
+        width=width,
+        height=height,
+        format=uri.rsplit(".", 1)[-1],
+    )
 
 
-def recover_record(store: TaskStore, row: dict[str, Any], damaged: dict[str, Any]) -> dict[str, Any]:
+def recover_record(store: TaskStore, row: dict[str, Any], damaged: RequestRecord) -> RequestRecord:
     """A usable record for ``row`` from a damaged one (see :meth:`TaskStore.load_many`).
 
     - copies on disk and no task id: ``success`` with those copies (reused, nothing paid);
@@ -113,23 +114,20 @@ def recover_record(store: TaskStore, row: dict[str, Any], damaged: dict[str, Any
       run says it may pay twice.
     """
     copies = [c for c in (describe_copy(store, u) for u in store.copies_of(row["request_key"])) if c]
-    task_id = damaged.get("task_id")
-    if task_id:
-        status = "submitted"
+    if damaged.task_id:
+        status = RecordStatus.SUBMITTED
     elif copies:
-        status = "success"
+        status = RecordStatus.SUCCESS
     else:
-        status = "uncertain"
-    return {
-        "key": row["request_key"],
-        "id": row["id"],
-        "batch": row["batch"],
-        "model": row["model"],
-        "input": json.loads(row["input_json"]),
-        "task_id": task_id,
-        "status": status,
-        "images": copies,
-        "previous_task_ids": [],
-        "uncertain": [],
-        "recovered_from": damaged.get("set_aside"),
-    }
+        status = RecordStatus.UNCERTAIN
+    return RequestRecord(
+        key=row["request_key"],
+        id=row["id"],
+        batch=row["batch"],
+        model=row["model"],
+        input=json.loads(row["input_json"]),
+        task_id=damaged.task_id,
+        status=status,
+        images=list(copies),
+        recovered_from=damaged.set_aside,
+    )

@@ -12,7 +12,6 @@ nothing can escape the store. Records are written whole (atomically on local dis
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import uuid
@@ -21,6 +20,8 @@ from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
+
+from .record import RecordStatus, RequestRecord
 
 #: A task id in the text of a damaged record.
 _TASK_ID = re.compile(r'"task_id"\s*:\s*"([A-Za-z0-9_-]+)"')
@@ -109,34 +110,32 @@ class TaskStore:
             return {}
         return {path: int(info.get("size") or 0) for path, info in found.items()}
 
-    def load_many(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+    def load_many(self, keys: list[str]) -> dict[str, RequestRecord]:
         """The records that exist for ``keys`` (one batched read where the filesystem allows).
 
-        A record that is not valid JSON (truncated by a crash or a full disk) is set aside under
-        ``tasks/corrupt/`` and returned as ``{"status": "corrupt", ...}`` with what could be read
-        from it (the task id, if its text still holds one), so one bad file never blocks a batch.
+        A file that is not a valid record (truncated by a crash or a full disk, or edited by hand)
+        is set aside under ``tasks/corrupt/`` and returned as a ``corrupt`` record with what could
+        be read from it (the task id, if its text still holds one), so one bad file never blocks a
+        batch.
         """
         if not keys:
             return {}
         paths = {self._path(self.record_uri(k)): k for k in keys}
         found = self.fs.cat(list(paths), on_error="omit")
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, RequestRecord] = {}
         for path, data in found.items():
             key = paths[path]
             try:
-                record = json.loads(data)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-                out[key] = record
+                out[key] = RequestRecord.from_json(data)
             except ValueError as exc:
                 out[key] = self._set_aside(key, path, data, exc)
         return out
 
-    def load(self, key: str) -> dict[str, Any] | None:
+    def load(self, key: str) -> RequestRecord | None:
         """One record, or None (see :meth:`load_many`)."""
         return self.load_many([key]).get(key)
 
-    def _set_aside(self, key: str, path: str, data: bytes, exc: Exception) -> dict[str, Any]:
+    def _set_aside(self, key: str, path: str, data: bytes, exc: Exception) -> RequestRecord:
         text = data.decode("utf-8", errors="replace")
         match = _TASK_ID.search(text)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -146,14 +145,17 @@ class TaskStore:
             self.fs.mv(path, aside)
         except OSError:
             aside = path  # a read-only store: leave it where it is; it is reported all the same
-        return {
-            "key": key,
-            "status": "corrupt",
-            "task_id": match.group(1) if match else None,
-            "corrupt_file": path,
-            "set_aside": aside,
-            "error": f"{type(exc).__name__}: {exc}",
-        }
+        # One line, without pydantic's "further information" links.
+        lines = [ln.strip() for ln in str(exc).splitlines() if "errors.pydantic.dev" not in ln]
+        detail = " ".join(lines)[:300]
+        return RequestRecord(
+            key=key,
+            status=RecordStatus.CORRUPT,
+            task_id=match.group(1) if match else None,
+            corrupt_file=path,
+            set_aside=aside,
+            error=f"{type(exc).__name__}: {detail}",
+        )
 
     def copies_of(self, key: str) -> list[str]:
         """The durable copies written under a request key (result 0 first), found by listing."""
@@ -181,10 +183,9 @@ class TaskStore:
         """The store's folder on this machine (local stores only)."""
         return self._root_path
 
-    def save(self, key: str, record: dict[str, Any], *, fsync: bool = True) -> None:
-        """Write a record whole. Raises OSError when the store is not writable."""
-        data = json.dumps(record, sort_keys=True, default=str).encode()
-        atomic_write(self.fs, self._path(self.record_uri(key)), data, fsync=fsync)
+    def save(self, record: RequestRecord, *, fsync: bool = True) -> None:
+        """Write a record whole, under its request key. Raises OSError when the store is not writable."""
+        atomic_write(self.fs, self._path(self.record_uri(record.key)), record.to_json(), fsync=fsync)
 
     def fsync(self, key: str) -> None:
         """Flush a record saved with ``fsync=False`` to disk (object stores need nothing)."""
