@@ -142,42 +142,12 @@ GENERATION_RETRY_POLICY = dg.RetryPolicy(
 )
 
 
-async def _generate(
-    client: AsyncKieClient,
-    dataset: DatasetResource,
-    rows: pd.DataFrame,
-    config: GenerateConfig,
-    log: Any,
-    run_id: str,
-) -> tuple[pd.DataFrame | None, BatchSummary, SystemicError | None, float | None]:
-    async def balance(*, first: bool) -> float | None:
-        try:
-            return await client.get_credits()
-        except KieAuthError:
-            if first:
-                raise  # a refused key: fail before any task is attempted
-            return None
-        except KieError:
-            return None
-
-    await balance(first=True)
+async def _balance(client: AsyncKieClient) -> float | None:
+    """The account's credits, or None when Kie cannot say right now (never fails the run)."""
     try:
-        df, summary = await generate_batch(
-            client,
-            dataset.task_store(),
-            rows,
-            submitters=config.submitters,
-            max_consecutive_failures=config.max_consecutive_failures,
-            regenerate_expired=config.regenerate_expired,
-            prices=config.prices,
-            progress=log.info,
-            progress_interval=config.progress_interval_s,
-            lease_owner=f"Dagster run {run_id}",
-        )
-        error = None
-    except SystemicError as exc:
-        df, summary, error = None, exc.summary, exc
-    return df, summary, error, await balance(first=False)
+        return await client.get_credits()
+    except KieError:
+        return None
 
 
 def _what_was_recorded(summary: BatchSummary, store: str) -> str:
@@ -197,9 +167,7 @@ def _what_was_recorded(summary: BatchSummary, store: str) -> str:
     )
 
 
-def _run_metadata(
-    summary: BatchSummary, usage: dict[str, int], balance: float | None, elapsed: float
-) -> dict[str, Any]:
+def _run_metadata(summary: BatchSummary, balance: float | None, elapsed: float) -> dict[str, Any]:
     return {
         "images_created": summary.created,
         "images_reused": summary.reused,
@@ -214,6 +182,7 @@ def _run_metadata(
         "uncertain": summary.uncertain,
         "resubmitted_uncertain": summary.resubmitted_uncertain,
         "not_submitted": summary.not_submitted,
+        "store_errors": summary.store_errors,
         "expired_links_refreshed": summary.expired_links_refreshed,
         "recovered_records": summary.recovered_records,
         "adopted_unrecorded_tasks": summary.adopted,
@@ -223,10 +192,6 @@ def _run_metadata(
         "credits_used": summary.credits_used,
         "credits_from_kie": summary.credits_from_kie,
         "account_balance": balance,
-        "polls": usage["polls"],
-        "retries": usage["retries"],
-        "rate_limited_429": usage["rate_limited"],
-        "create_task_calls": usage["tasks_created"],
         "elapsed_s": round(elapsed, 2),
     }
 
@@ -248,13 +213,13 @@ def _run_metadata(
                           description="The partition's failure rate is at most max_failure_rate."),
     ],
 )  # fmt: skip
-def generated_images(
+async def generated_images(
     context: dg.AssetExecutionContext,
     config: GenerateConfig,
     prompt_manifest: pd.DataFrame,
     kie: KieResource,
     dataset: DatasetResource,
-):
+):  # -> dg.MaterializeResult[pd.DataFrame]; annotated, Dagster would count the checks as outputs
     """One batch of images: submitted to Kie within its rate limit, waited for, and copied durably.
 
     Rows already generated with an unchanged request are reused (no createTask); rows whose task
@@ -269,19 +234,37 @@ def generated_images(
             allow_retries=False,
         )
     started = time.monotonic()
-
-    async def run():
-        async with kie.get_client() as client:
-            out = await _generate(client, dataset, rows, config, context.log, context.run_id)
-            return (*out, client.usage.as_dict())
-
-    try:
-        df, summary, error, balance, usage = asyncio.run(run())
-    except KieAuthError as exc:
-        raise dg.Failure(description=f"{exc} No image was attempted.", allow_retries=False) from None
-    except BatchLeaseHeld as exc:
-        raise dg.Failure(description=f"{exc} Nothing was submitted.", allow_retries=False) from None
-    metadata = _run_metadata(summary, usage, balance, time.monotonic() - started)
+    store = dataset.task_store()
+    error: SystemicError | None = None
+    async with kie.get_client() as client:
+        try:
+            await client.get_credits()  # a refused key fails here, before any task is attempted
+        except KieAuthError as exc:
+            raise dg.Failure(description=f"{exc} No image was attempted.", allow_retries=False) from None
+        except KieError:
+            pass  # the balance is unknown right now; generation says more if Kie is down
+        try:
+            df, summary = await generate_batch(
+                client,
+                store,
+                rows,
+                submitters=config.submitters,
+                max_consecutive_failures=config.max_consecutive_failures,
+                regenerate_expired=config.regenerate_expired,
+                prices=config.prices,
+                progress=context.log.info,
+                progress_interval=config.progress_interval_s,
+                lease_owner=f"Dagster run {context.run_id}",
+            )
+        except BatchLeaseHeld as exc:
+            raise dg.Failure(description=f"{exc} Nothing was submitted.", allow_retries=False) from None
+        except SystemicError as exc:
+            df, summary, error = None, exc.summary, exc
+        balance = await _balance(client)
+        metadata = {
+            **_run_metadata(summary, balance, time.monotonic() - started),
+            **kie.usage_metadata(client),
+        }
     if error is not None:
         then = (
             "Dagster retries this run with backoff; a retry costs nothing for finished rows."
@@ -295,32 +278,35 @@ def generated_images(
         )
     assert df is not None
     df = typed(df)
-    store = dataset.task_store()
-    yield dg.Output(
-        df,
+    # Both read the store (hashes, thumbnails): off the event loop.
+    mismatched = await asyncio.to_thread(mismatched_copies, store, df)
+    preview = await asyncio.to_thread(thumbnail_markdown, store, df, limit=4)
+    rows_per_request = df.drop_duplicates("id")
+    rate = float((rows_per_request["state"] != "success").mean()) if len(rows_per_request) else 0.0
+    return dg.MaterializeResult(
+        value=df,
         metadata={
             **metadata,
             "dagster/row_count": len(df),
             "dagster/column_schema": column_schema(df),
-            "preview": dg.MetadataValue.md(thumbnail_markdown(store, df, limit=4)),
+            "preview": dg.MetadataValue.md(preview),
         },
-    )
-    mismatched = mismatched_copies(store, df)
-    yield dg.AssetCheckResult(
-        check_name="durable_copies_match",
-        passed=not mismatched,
-        metadata={
-            "checked": int((df["state"] == "success").sum()),
-            "mismatched": dg.MetadataValue.json(mismatched[:50]),
-        },
-    )
-    rows_per_request = df.drop_duplicates("id")
-    rate = float((rows_per_request["state"] != "success").mean()) if len(rows_per_request) else 0.0
-    yield dg.AssetCheckResult(
-        check_name="failure_rate_below_threshold",
-        passed=rate <= config.max_failure_rate,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"failure_rate": rate, "threshold": config.max_failure_rate},
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="durable_copies_match",
+                passed=not mismatched,
+                metadata={
+                    "checked": int((df["state"] == "success").sum()),
+                    "mismatched": dg.MetadataValue.json(mismatched[:50]),
+                },
+            ),
+            dg.AssetCheckResult(
+                check_name="failure_rate_below_threshold",
+                passed=rate <= config.max_failure_rate,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"failure_rate": rate, "threshold": config.max_failure_rate},
+            ),
+        ],
     )
 
 

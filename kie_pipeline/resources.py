@@ -73,6 +73,19 @@ class KieResource(dg.ConfigurableResource):
             shared_limit_dir=self._limit_dir(),
         )
 
+    def usage_metadata(self, client: AsyncKieClient) -> dict[str, int]:
+        """What ``client`` did, as asset metadata: Kie calls, retries, 429s and downloads."""
+        usage = client.usage
+        return {
+            "create_task_calls": usage.tasks_created,
+            "polls": usage.polls,
+            "retries": usage.retries,
+            "rate_limited_429": usage.rate_limited,
+            "uncertain_creates": usage.uncertain_creates,
+            "downloads": usage.downloads,
+            "bytes_downloaded": usage.bytes_downloaded,
+        }
+
     def _limit_dir(self) -> str | None:
         if self.rate_limit_dir == "":
             # Resolved at run time, not at import: TMPDIR is the run's, not the importer's.

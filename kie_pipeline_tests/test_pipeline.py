@@ -237,3 +237,25 @@ def test_sensor_registers_batches_then_requests_changed_ones(env, emulator, inst
     # unchanged manifest, no new snapshot: nothing to do
     with dg.build_sensor_context(instance=instance, cursor=second.cursor, resources=dataset) as ctx:
         assert manifest_sensor(ctx).run_requests == []
+
+
+def test_generated_images_is_async_and_returns_its_table_usage_and_checks_in_one_result(
+    env, emulator, instance
+) -> None:
+    """One MaterializeResult: the table (through the IO manager), the run's counters, the client's
+    usage as KieResource reports it, and both check results."""
+    import inspect
+
+    from kie_pipeline.assets import generated_images
+
+    assert inspect.iscoroutinefunction(generated_images.op.compute_fn.decorated_fn)
+    pipe = Pipeline(instance)
+    pipe.manifest()
+    result = pipe.batch("animals")
+    md = metadata(result)
+    table = pd.read_parquet(env / "store" / "generated_images" / "animals.parquet")
+    assert len(table) == md["dagster/row_count"] == md["results"] == 3
+    assert md["create_task_calls"] == 3 and md["downloads"] == 3 and md["polls"] >= 3
+    assert md["bytes_downloaded"] == int(table["bytes"].sum()) and md["uncertain_creates"] == 0
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"durable_copies_match": True, "failure_rate_below_threshold": True}
