@@ -149,23 +149,6 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
 
 
-def _new_record(
-    row: Mapping[str, Any], previous: RequestRecord | None, status: RecordStatus, **fields: Any
-) -> RequestRecord:
-    """A record for ``row`` that replaces ``previous``, keeping its task history."""
-    return RequestRecord(
-        key=row["request_key"],
-        id=row["id"],
-        batch=row["batch"],
-        model=row["model"],
-        input=json.loads(row["input_json"]),
-        status=status,
-        previous_task_ids=previous.history() if previous else [],
-        uncertain=list(previous.uncertain) if previous else [],
-        **fields,
-    )
-
-
 class _Batch:
     def __init__(
         self,
@@ -315,7 +298,7 @@ class _Batch:
             ):
                 lease.release()
                 return current, None
-            rec = _new_record(row, current or previous, RecordStatus.CREATING, intent_at=_now())
+            rec = RequestRecord.for_row(row, current or previous, RecordStatus.CREATING, intent_at=_now())
             # The intent comes first: a run killed during createTask leaves it, so the next run
             # knows this row may have been paid for (page cache survives a killed process).
             self.save_now(rec, fsync=False)
@@ -639,7 +622,7 @@ class _Batch:
             if rec and (rec.task_id == entry["task_id"] or rec.status is RecordStatus.SUCCESS):
                 self.adopted_keys.add(key)  # recorded after all: only forget the fallback entry
                 continue
-            adopted = _new_record(
+            adopted = RequestRecord.for_row(
                 row,
                 rec,
                 RecordStatus.SUBMITTED,

@@ -8,6 +8,7 @@ is the same as the dict records of earlier versions (those still load: a single 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -126,6 +127,23 @@ class RequestRecord(BaseModel):
             image = data.pop("image")
             data["images"] = [image] if image else []
         return data
+
+    @classmethod
+    def for_row(
+        cls, row: Mapping[str, Any], previous: RequestRecord | None, status: RecordStatus, **fields: Any
+    ) -> RequestRecord:
+        """A record for a manifest row that replaces ``previous``, keeping its task history."""
+        return cls(
+            key=row["request_key"],
+            id=row["id"],
+            batch=row["batch"],
+            model=row["model"],
+            input=json.loads(row["input_json"]),
+            status=status,
+            previous_task_ids=previous.history() if previous else [],
+            uncertain=list(previous.uncertain) if previous else [],
+            **fields,
+        )
 
     @property
     def result_urls(self) -> list[str]:

@@ -120,14 +120,6 @@ def recover_record(store: TaskStore, row: dict[str, Any], damaged: RequestRecord
         status = RecordStatus.SUCCESS
     else:
         status = RecordStatus.UNCERTAIN
-    return RequestRecord(
-        key=row["request_key"],
-        id=row["id"],
-        batch=row["batch"],
-        model=row["model"],
-        input=json.loads(row["input_json"]),
-        task_id=damaged.task_id,
-        status=status,
-        images=list(copies),
-        recovered_from=damaged.set_aside,
+    return RequestRecord.for_row(
+        row, None, status, task_id=damaged.task_id, images=list(copies), recovered_from=damaged.set_aside
     )
