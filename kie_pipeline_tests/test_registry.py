@@ -176,9 +176,9 @@ def test_generation_waits_through_the_waiter_seam(emulator: EmulatorServer, tmp_
         def __init__(self, inner: Waiter) -> None:
             self.inner, self.asked = inner, []
 
-        async def wait(self, task_id, *, timeout=None, first_delay=None):
+        async def wait(self, task_id, *, key=None, timeout=None, first_delay=None):
             self.asked.append(task_id)
-            return await self.inner.wait(task_id, timeout=timeout, first_delay=first_delay)
+            return await self.inner.wait(task_id, key=key, timeout=timeout, first_delay=first_delay)
 
     rows = validate_manifest(pd.DataFrame([{"id": f"r{i}", "prompt": f"p {i}"} for i in range(3)]))
 

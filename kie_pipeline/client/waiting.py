@@ -23,9 +23,17 @@ class Waiter(Protocol):
     """Waits for one task to end and returns its final (``success`` or ``fail``) record."""
 
     async def wait(
-        self, task_id: str, *, timeout: float | None = None, first_delay: float | None = None
+        self,
+        task_id: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        first_delay: float | None = None,
     ) -> TaskRecord:
-        """The task's final record; :class:`KieTaskTimeoutError` after ``timeout`` seconds."""
+        """The task's final record; :class:`KieTaskTimeoutError` after ``timeout`` seconds.
+
+        ``key`` is the request key of the row the task belongs to (a callback names it).
+        """
         ...
 
 
@@ -37,7 +45,12 @@ class PollingWaiter:
         self.client = client
 
     async def wait(
-        self, task_id: str, *, timeout: float | None = None, first_delay: float | None = None
+        self,
+        task_id: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        first_delay: float | None = None,
     ) -> TaskRecord:
         c, policy = self.client, self.client.poll
         timeout = policy.timeout_s if timeout is None else timeout

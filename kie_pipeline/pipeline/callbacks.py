@@ -1,0 +1,211 @@
+"""Kie's callbacks, kept in the store: where they go, how their URL and signature are checked.
+
+Each createTask carries a callback URL that names the row's request key and a token only we can make
+(``{base}/kie/callback/{request_key}/{token}``, token = HMAC of the key with the callback secret), so
+a callback finds its row even when createTask's answer never arrived. The receiver
+(:mod:`kie_pipeline.receiver`) writes each delivery whole to
+``{store}/callbacks/{request_key}/{task_id}.json``;
+generation reads them there (see :class:`CallbackWaiter` and the adoption of lost task ids).
+
+Kie's optional webhook signature: ``X-Webhook-Timestamp`` (unix seconds) and ``X-Webhook-Signature``
+= base64(HMAC-SHA256(webhook key, ``taskId + "." + timestamp``)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kie_pipeline.client import AsyncKieClient, KieTaskTimeoutError, PollingWaiter, TaskRecord
+
+from .store import TaskStore, atomic_write, join
+
+#: A request key as the manifest makes it; a task id as Kie's are spelled. Anything else is refused
+#: before it can name a file.
+REQUEST_KEY = re.compile(r"^[0-9a-f]{32}$")
+TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+#: How far a signed callback's timestamp may be from our clock (either way): a replay of a captured
+#: callback older than this is refused. Kie retries a failed delivery within about a minute.
+REPLAY_WINDOW_S = 300.0
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    """Where Kie should send callbacks (the receiver's public base URL) and the secret of the tokens."""
+
+    base_url: str
+    secret: str
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("the callback secret must not be empty")
+
+    def url_for(self, request_key: str) -> str:
+        """The callback URL of one row (its request key and token)."""
+        return f"{self.base_url.rstrip('/')}/kie/callback/{request_key}/{token_for(self.secret, request_key)}"
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"CallbackSettings(base_url={self.base_url!r})"
+
+
+def token_for(secret: str, request_key: str) -> str:
+    """The unguessable token of a row's callback URL (stable across runs, so a task created by a run
+    that was killed is still accepted when its callback arrives later)."""
+    return hmac.new(secret.encode(), request_key.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def sign(webhook_key: str, task_id: str, timestamp: int) -> str:
+    """Kie's webhook signature of a callback."""
+    mac = hmac.new(webhook_key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256)
+    return base64.b64encode(mac.digest()).decode()
+
+
+def signature_problem(
+    webhook_key: str,
+    task_id: str,
+    timestamp: str | None,
+    signature: str | None,
+    *,
+    now: float | None = None,
+    window_s: float = REPLAY_WINDOW_S,
+) -> str | None:
+    """Why a callback's signature is not acceptable, or None when it is."""
+    if not timestamp or not signature:
+        return "missing X-Webhook-Timestamp or X-Webhook-Signature"
+    try:
+        stamp = int(timestamp)
+    except ValueError:
+        return "X-Webhook-Timestamp is not a unix time"
+    if abs((time.time() if now is None else now) - stamp) > window_s:
+        return f"X-Webhook-Timestamp is more than {window_s:.0f} s away (a replay?)"
+    if not hmac.compare_digest(sign(webhook_key, task_id, stamp), signature.strip()):
+        return "X-Webhook-Signature does not match"
+    return None
+
+
+def task_id_of(payload: Any) -> str | None:
+    """The task id of a callback body (``data.taskId``; Kie's sample reads ``data.task_id``)."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, dict):
+        return None
+    value = data.get("taskId") or data.get("task_id")
+    return str(value) if value else None
+
+
+def decode(payload: dict[str, Any]) -> TaskRecord:
+    """The task record a callback carries (its body is shaped like the status response)."""
+    data = dict(payload["data"])
+    data.setdefault("taskId", data.get("task_id"))
+    return TaskRecord.from_api(data)
+
+
+class CallbackBox:
+    """Callbacks received for a store: ``callbacks/{request_key}/{task_id}.json``, written whole."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.store = store
+
+    def _folder(self, request_key: str) -> str:
+        return self.store.normalize(join(self.store.root, "callbacks", request_key))
+
+    def deliver(self, request_key: str, task_id: str, payload: dict[str, Any]) -> bool:
+        """Keep one delivery; False when this task's callback was already kept (a duplicate)."""
+        path = f"{self._folder(request_key)}/{task_id}.json"
+        if self.store.fs.exists(path):
+            return False
+        entry = {"received_at": datetime.now(UTC).isoformat(), "payload": payload}
+        atomic_write(self.store.fs, path, json.dumps(entry, sort_keys=True).encode())
+        return True
+
+    def get(self, request_key: str, task_id: str) -> dict[str, Any] | None:
+        """The callback body of one task, or None before it arrives."""
+        try:
+            data = self.store.fs.cat_file(f"{self._folder(request_key)}/{task_id}.json")
+            return json.loads(data)["payload"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    def task_ids(self, request_key: str) -> list[str]:
+        """Every task id a callback delivered for a row (oldest delivery first)."""
+        try:
+            found = self.store.fs.find(self._folder(request_key), detail=True)
+        except FileNotFoundError:
+            return []
+        named = [(info.get("mtime") or info.get("LastModified") or 0, path) for path, info in found.items()]
+        names = [p.rsplit("/", 1)[-1] for _, p in sorted(named, key=lambda x: str(x[0]))]
+        return [n[: -len(".json")] for n in names if n.endswith(".json") and ".part" not in n]
+
+
+class CallbackWaiter:
+    """Waits on callbacks, polling recordInfo only as a slow fallback (a lost callback still ends).
+
+    The box is checked every ``check_s`` (a file look-up, no request to Kie); recordInfo is asked
+    every ``fallback_poll_s`` (default: the poll policy's ``callback_fallback_s``), the first time
+    that long after the wait starts (or after ``first_delay``: a resumed task is asked at once).
+    """
+
+    def __init__(
+        self,
+        client: AsyncKieClient,
+        box: CallbackBox,
+        *,
+        check_s: float = 0.25,
+        fallback_poll_s: float | None = None,
+    ) -> None:
+        self.client, self.box = client, box
+        self.check_s = check_s
+        # Default: the client's PollPolicy.callback_fallback_s (one place for every wait setting).
+        self.fallback_poll_s = client.poll.callback_fallback_s if fallback_poll_s is None else fallback_poll_s
+        self._polling = PollingWaiter(client)
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        first_delay: float | None = None,
+    ) -> TaskRecord:
+        if key is None:  # nothing to look up callbacks by: poll as usual
+            return await self._polling.wait(task_id, timeout=timeout, first_delay=first_delay)
+        timeout = self.client.poll.timeout_s if timeout is None else timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        next_poll = started + (self.fallback_poll_s if first_delay is None else first_delay)
+        last_state: str | None = None
+        while True:
+            payload = await asyncio.to_thread(self.box.get, key, task_id)
+            if payload is not None:
+                record = decode(payload)
+                if record.is_terminal:
+                    return record
+            now = time.monotonic()
+            if now >= next_poll:
+                record = await self.client.get_task(task_id)
+                last_state = record.state.value
+                if record.is_terminal:
+                    return record
+                next_poll = time.monotonic() + self.fallback_poll_s
+            if time.monotonic() >= deadline:
+                raise KieTaskTimeoutError(task_id, timeout, last_state)
+            await asyncio.sleep(min(self.check_s, max(0.0, deadline - time.monotonic())))
+
+    async def task_id_for(self, key: str, *, known: list[str], timeout: float) -> str | None:
+        """A task id delivered by callback for ``key`` that is not in ``known``, waiting up to
+        ``timeout`` seconds (a createTask whose answer was lost: its callback names the task)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fresh = [t for t in await asyncio.to_thread(self.box.task_ids, key) if t not in known]
+            if fresh:
+                return fresh[0]
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(self.check_s)
