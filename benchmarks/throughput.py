@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import resource
@@ -37,22 +38,33 @@ def stats(url: str) -> dict:
     return httpx.get(f"{url}/emulator/stats").json()
 
 
-def paced(n: int) -> None:
+def paced(n: int, *, callbacks: bool = False) -> None:
     with (
         emulator_process(*KIE_LIMITS) as url,
         tempfile.TemporaryDirectory() as work,
         dg.instance_for_test() as inst,
+        contextlib.ExitStack() as stack,
     ):
         point_at(url, work, n)
+        kie: dict = {}
+        if callbacks:
+            # The receiver in this process (a thread), writing into the run's store.
+            from kie_pipeline.pipeline.store import TaskStore
+            from kie_pipeline.receiver import ReceiverServer, build_receiver
+
+            app = build_receiver(TaskStore(f"{work}/store"), secret="benchmark-secret")
+            receiver = stack.enter_context(ReceiverServer(app))
+            kie = {"callback_url": receiver.url, "callback_secret": "benchmark-secret"}
         materialize(inst, "prompt_manifest")
         t0 = time.monotonic()
-        md = materialize(inst, "generated_images", "part00")
+        md = materialize(inst, "generated_images", "part00", **kie)
         wall = time.monotonic() - t0
         s = stats(url)
     bound = (math.ceil(n / LIMIT) - 1) * PERIOD + LATENCY[1]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    how = "callbacks to a receiver, recordInfo as fallback" if callbacks else "polling"
     print(
-        f"paced, N={n}, emulator at {LIMIT} createTask/{PERIOD:g} s, latency uniform {LATENCY[0]:g}-{LATENCY[1]:g} s"
+        f"paced, N={n}, emulator at {LIMIT} createTask/{PERIOD:g} s, latency uniform {LATENCY[0]:g}-{LATENCY[1]:g} s, {how}"
     )
     print(f"  wall time            {wall:8.1f} s   (asset elapsed {md['elapsed_s']} s)")
     print(
@@ -174,9 +186,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--part", choices=("paced", "sequential", "overhead", "catalog", "all"), default="all")
     p.add_argument("--n", type=int, default=200)
+    p.add_argument(
+        "--callbacks", action="store_true", help="paced: wait on callbacks (a receiver) instead of polls"
+    )
     a = p.parse_args()
     if a.part in ("paced", "all"):
-        paced(a.n)
+        paced(a.n, callbacks=a.callbacks)
     if a.part in ("sequential", "all"):
         sequential(10, a.n)
     if a.part in ("overhead", "all"):

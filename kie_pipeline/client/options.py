@@ -42,3 +42,8 @@ class PollPolicy(_Options):
     max_s: float = Field(default=30.0, ge=0, description="Polls back off up to this interval (s).")
     backoff: float = Field(default=1.5, ge=1, description="Factor by which the interval grows.")
     timeout_s: float = Field(default=900.0, gt=0, description="Give up waiting on a task after this long.")
+    callback_fallback_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="With callbacks on: recordInfo is asked only this often, in case a callback is lost.",
+    )

@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lost-answer-count", type=int, default=0, help="the next N created tasks lose their answer"
     )
+    p.add_argument("--webhook-key", default=None, help="sign callbacks with this webhook HMAC key")
+    p.add_argument(
+        "--callback-delay", type=float, default=0.0, help="seconds from a task's end to its callback"
+    )
+    p.add_argument("--fault-callback-lost", type=float, default=0.0, help="fraction of callbacks never sent")
     return p
 
 
@@ -86,6 +91,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
         credits_in_record=a.credits_in_record,
         chunked_files=a.chunked_files,
         error_style=a.error_style,
+        webhook_key=a.webhook_key,
+        callback_delay=a.callback_delay,
         faults=Faults(
             error_500=a.fault_500,
             error_429=a.fault_429,
@@ -96,6 +103,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
             lost_answer=a.fault_lost_answer,
             lost_answer_mode=a.lost_answer_mode,
             lost_answer_count=a.lost_answer_count,
+            callback_lost=a.fault_callback_lost,
         ),
     )
     return a, config

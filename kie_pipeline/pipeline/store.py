@@ -12,6 +12,7 @@ nothing can escape the store. Records are written whole (atomically on local dis
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import uuid
@@ -110,13 +111,13 @@ class TaskStore:
             return {}
         return {path: int(info.get("size") or 0) for path, info in found.items()}
 
-    def load_many(self, keys: list[str]) -> dict[str, RequestRecord]:
+    def load_many(self, keys: list[str], *, set_aside: bool = True) -> dict[str, RequestRecord]:
         """The records that exist for ``keys`` (one batched read where the filesystem allows).
 
         A file that is not a valid record (truncated by a crash or a full disk, or edited by hand)
         is set aside under ``tasks/corrupt/`` and returned as a ``corrupt`` record with what could
         be read from it (the task id, if its text still holds one), so one bad file never blocks a
-        batch.
+        batch. ``set_aside=False`` leaves such a file where it is (readers that must not write).
         """
         if not keys:
             return {}
@@ -128,19 +129,23 @@ class TaskStore:
             try:
                 out[key] = RequestRecord.from_json(data)
             except ValueError as exc:
-                out[key] = self._set_aside(key, path, data, exc)
+                out[key] = self._set_aside(key, path, data, exc, move=set_aside)
         return out
 
     def load(self, key: str) -> RequestRecord | None:
         """One record, or None (see :meth:`load_many`)."""
         return self.load_many([key]).get(key)
 
-    def _set_aside(self, key: str, path: str, data: bytes, exc: Exception) -> RequestRecord:
+    def _set_aside(
+        self, key: str, path: str, data: bytes, exc: Exception, *, move: bool = True
+    ) -> RequestRecord:
         text = data.decode("utf-8", errors="replace")
         match = _TASK_ID.search(text)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         aside = self._path(join(self.root, "tasks", "corrupt", f"{key}.{stamp}.json"))
         try:
+            if not move:
+                raise PermissionError("left in place")  # reported the same way as a read-only store
             self.fs.makedirs(aside.rsplit("/", 1)[0], exist_ok=True)
             self.fs.mv(path, aside)
         except OSError:
@@ -205,3 +210,32 @@ class TaskStore:
 
     def read_bytes(self, uri: str) -> bytes:
         return self.fs.cat_file(self._path(uri))
+
+
+def parse_store_options(text: str) -> dict[str, Any]:
+    """The store's fsspec options from ``KIE_STORE_OPTIONS``: a JSON object ('' means none).
+
+    Raises ValueError naming the variable when ``text`` is not a JSON object. The value itself is not
+    echoed: a misused variable could hold a secret.
+    """
+    if not text.strip():
+        return {}
+    example = """KIE_STORE_OPTIONS='{"endpoint_url": "https://s3.example.com"}'"""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"KIE_STORE_OPTIONS is not valid JSON ({exc}); set a JSON object, e.g. {example}."
+        ) from None
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"KIE_STORE_OPTIONS must be a JSON object of fsspec options, not {_json_kind(options)};"
+            f" e.g. {example}."
+        )
+    return options
+
+
+def _json_kind(value: object) -> str:
+    """What a decoded JSON value is, in JSON's words ("an array", "a string", ...)."""
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    return "null" if value is None else kinds.get(type(value), "a JSON value")
