@@ -4,6 +4,8 @@ Configuration comes from the environment:
 
 - ``KIE_API_KEY``: the Kie key (required to generate; read through ``EnvVar``, never logged).
 - ``KIE_BASE_URL``: default ``https://api.kie.ai``; the local emulator's URL to run offline.
+- ``KIE_UPLOAD_URL``: Kie's File Upload API for the manifest's local images (default
+  ``https://kieai.redpandaai.co``); the emulator's URL to run offline (it serves uploads too).
 - ``KIE_MANIFEST``: the manifest, CSV or Parquet (default ``data/prompts.csv``).
 - ``KIE_STORE``: folder or fsspec URL for images, task records and tables (default ``data/store``).
 - ``KIE_STORE_OPTIONS``: the store's fsspec options as a JSON object, e.g.
@@ -52,6 +54,8 @@ def build_resources(**kie_options: Any) -> dict[str, Any]:
             limits.setdefault(option, int(os.environ[var]))
     if limits:
         kie_options["limits"] = limits
+    if os.environ.get("KIE_UPLOAD_URL"):
+        kie_options.setdefault("upload_url", dg.EnvVar("KIE_UPLOAD_URL"))
     return {
         "kie": KieResource(api_key=api_key, base_url=base_url, **kie_options),
         "dataset": DatasetResource(manifest=manifest, store=store),

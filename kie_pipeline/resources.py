@@ -10,7 +10,14 @@ import dagster as dg
 from pydantic import Field
 from upath import UPath
 
-from kie_pipeline.client import DEFAULT_BASE_URL, AsyncKieClient, PollPolicy, RateLimits, RetryPolicy
+from kie_pipeline.client import (
+    DEFAULT_BASE_URL,
+    DEFAULT_UPLOAD_URL,
+    AsyncKieClient,
+    PollPolicy,
+    RateLimits,
+    RetryPolicy,
+)
 from kie_pipeline.pipeline.store import TaskStore
 
 MISSING_KEY_HELP = (
@@ -46,6 +53,11 @@ class KieResource(dg.ConfigurableResource):
         default=None, repr=False, description="Kie API key; set with EnvVar('KIE_API_KEY')."
     )
     base_url: str = Field(default=DEFAULT_BASE_URL, description="Kie API base URL (or the emulator's).")
+    upload_url: str = Field(
+        default=DEFAULT_UPLOAD_URL,
+        description="Kie's File Upload API, where local images of the manifest are uploaded (or the "
+        "emulator's URL, which serves it too).",
+    )
     timeout_s: float = Field(default=30.0, description="Timeout of one HTTP request.")
     limits: RateLimitsConfig = Field(default=RateLimitsConfig(), description=RateLimits.__doc__)
     retry: RetryPolicyConfig = Field(default=RetryPolicyConfig(), description=RetryPolicy.__doc__)
@@ -71,6 +83,7 @@ class KieResource(dg.ConfigurableResource):
             poll=self.poll,
             max_download_bytes=self.max_download_mb * 1024 * 1024,
             shared_limit_dir=self._limit_dir(),
+            upload_url=self.upload_url,
         )
 
     def usage_metadata(self, client: AsyncKieClient) -> dict[str, int]:
@@ -84,6 +97,7 @@ class KieResource(dg.ConfigurableResource):
             "uncertain_creates": usage.uncertain_creates,
             "downloads": usage.downloads,
             "bytes_downloaded": usage.bytes_downloaded,
+            "uploads": usage.uploads,
         }
 
     def _limit_dir(self) -> str | None:

@@ -20,17 +20,19 @@ from .errors import (
     KieUpstreamTimeoutError,
     KieValidationError,
 )
-from .models import DownloadResult, KieUsage, TaskRecord, TaskState
+from .models import DownloadResult, KieUsage, TaskRecord, TaskState, UploadedFile
 from .options import PollPolicy, RateLimits, RetryPolicy
 from .pricing import PRICES, estimate_credits
 from .ratelimit import SlidingWindowLimiter
 from .registry import DEFAULT_MODEL, MODELS, MediaType, ModelSpec, get_model, validate_input
 from .sync import KieClient
+from .upload import DEFAULT_UPLOAD_URL
 from .waiting import PollingWaiter, Waiter
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MODEL",
+    "DEFAULT_UPLOAD_URL",
     "MODELS",
     "PRICES",
     "AsyncKieClient",
@@ -63,6 +65,7 @@ __all__ = [
     "SlidingWindowLimiter",
     "TaskRecord",
     "TaskState",
+    "UploadedFile",
     "Waiter",
     "estimate_credits",
     "get_model",

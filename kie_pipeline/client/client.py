@@ -1,4 +1,5 @@
-"""The asyncio client of the Kie jobs API (createTask, recordInfo, credits, download-url, downloads).
+"""The asyncio client of the Kie jobs API (createTask, recordInfo, credits, download-url, downloads,
+File Upload).
 
 One :class:`AsyncKieClient` can have hundreds of tasks in flight: requests share one
 ``httpx.AsyncClient``, createTask calls pass a sliding-window limiter (20 per 10 s by default) and
@@ -12,7 +13,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,11 +27,19 @@ from .errors import (
     KieInsufficientCreditsError,
     KieRateLimitError,
 )
-from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord
+from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord, UploadedFile
 from .options import PollPolicy, RateLimits, RetryPolicy
 from .ratelimit import SharedSlidingWindowLimiter, SlidingWindowLimiter, shared_limiter_path
 from .registry import validate_input
 from .transport import created_task_id, retrying, transport_error, unwrap_response
+from .upload import (
+    DEFAULT_UPLOAD_FOLDER,
+    DEFAULT_UPLOAD_URL,
+    STREAM_UPLOAD_PATH,
+    check_upload_path,
+    sniff_image_type,
+    uploaded_file,
+)
 from .waiting import PollingWaiter
 
 DEFAULT_BASE_URL = "https://api.kie.ai"
@@ -80,6 +91,7 @@ class AsyncKieClient:
         max_download_bytes: downloads larger than this are refused.
         shared_limit_dir: when set, the createTask and poll windows live in files under this folder,
             shared by every process on the machine that uses the same account (URL + key).
+        upload_url: Kie's File Upload API (``https://kieai.redpandaai.co``, or the emulator's URL).
     """
 
     def __init__(
@@ -95,11 +107,13 @@ class AsyncKieClient:
         max_concurrent_downloads: int = 8,
         shared_limit_dir: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        upload_url: str = DEFAULT_UPLOAD_URL,
     ) -> None:
         if not api_key:
             raise KieError("No Kie API key given. Set KIE_API_KEY (or use the local emulator).")
         self._key = _Secret(api_key)
         self.base_url = base_url.rstrip("/")
+        self.upload_url = upload_url.rstrip("/")
         self.usage = KieUsage()
         self.limits = limits = limits or RateLimits()
         self.retry = retry or RetryPolicy()
@@ -172,6 +186,8 @@ class AsyncKieClient:
         json: Any = None,
         params: dict[str, str] | None = None,
         idempotent: bool = True,
+        data: dict[str, str] | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
     ) -> Any:
         # ``idempotent=False`` turns every failure after which Kie may have run the request into
         # KieCreateUncertainError, which the retry policy never retries (transport.py decides).
@@ -181,7 +197,9 @@ class AsyncKieClient:
                     # The limiter's slot spans the whole request: it ends when the answer is back,
                     # so the server's window holds whatever the request's delays (ratelimit.py).
                     async with limiter.slot() if limiter else contextlib.nullcontext(), self._request_slots:
-                        response = await self._http.request(method, path, json=json, params=params)
+                        response = await self._http.request(
+                            method, path, json=json, params=params, data=data, files=files
+                        )
                 except httpx.HTTPError as exc:
                     raise transport_error(exc, endpoint, idempotent=idempotent) from None
                 try:
@@ -277,6 +295,48 @@ class AsyncKieClient:
         """``GET /api/v1/chat/credit``: the account's credit balance."""
         data = await self._call("GET", "/api/v1/chat/credit", "credit")
         return float(data)
+
+    async def upload_file(
+        self,
+        source: bytes | str | os.PathLike[str],
+        *,
+        file_name: str | None = None,
+        upload_path: str = DEFAULT_UPLOAD_FOLDER,
+        content_type: str | None = None,
+    ) -> UploadedFile:
+        """``POST /api/file-stream-upload`` on :attr:`upload_url`: send a file (its bytes, or a local
+        path) and return its public URL (:attr:`UploadedFile.url`), which Kie deletes after 3 days.
+
+        Uploads are free and a repeat only stores the same file again, so transient failures (429,
+        5xx, timeouts, drops) are retried like any idempotent request. ``file_name`` defaults to the
+        path's name (Kie picks a random one for bytes without a name); a file of the same name in
+        the same ``upload_path`` is replaced.
+
+        Raises:
+            KieValidationError: ``upload_path`` has a leading or trailing slash, or is empty.
+            KieError: what Kie answered (400 missing parameter, 401, ...), or KieProtocolError for
+                an answer without ``downloadUrl``/``fileUrl``.
+        """
+        check_upload_path(upload_path)
+        if isinstance(source, bytes):
+            data = source
+        else:
+            data = await asyncio.to_thread(Path(source).read_bytes)
+            file_name = file_name or Path(source).name
+        form = {"uploadPath": upload_path, **({"fileName": file_name} if file_name else {})}
+        mime = content_type or sniff_image_type(data[:12]) or "application/octet-stream"
+        part = (file_name or "upload", data, mime)
+        answer = await self._call(
+            "POST",
+            f"{self.upload_url}{STREAM_UPLOAD_PATH}",
+            "file-stream-upload",
+            data=form,
+            files={"file": part},
+        )
+        uploaded = uploaded_file(answer)
+        self.usage.uploads += 1
+        self.usage.bytes_uploaded += len(data)
+        return uploaded
 
     async def get_download_url(self, url: str) -> str:
         """``POST /api/v1/common/download-url``: a fresh (20-minute) download link for a Kie result URL."""

@@ -143,6 +143,9 @@ class KieUsage:
     uncertain_creates: int = 0
     downloads: int = 0
     bytes_downloaded: int = 0
+    #: Files sent to Kie's File Upload API (free; local reference images).
+    uploads: int = 0
+    bytes_uploaded: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -156,6 +159,20 @@ class DownloadResult:
     bytes: int
     sha256: str
     content_type: str | None
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """What Kie's File Upload API answered for one file (Kie deletes it 3 days after ``uploaded_at``)."""
+
+    #: The public URL to hand to createTask (``downloadUrl``, or ``fileUrl`` in one version of the docs).
+    url: str
+    file_name: str | None = None
+    file_path: str | None = None
+    size: int | None = None
+    mime_type: str | None = None
+    #: As Kie wrote it (``uploadedAt`` or ``uploadTime``); None when the answer has neither.
+    uploaded_at: str | None = None
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,10 @@ def _text(value: str) -> str:
 
 #: A public http(s) URL (Kie fetches input images itself).
 Url = Annotated[str, AfterValidator(_http_url)]
+#: The image types Kie's models accept as inputs (kie-api-docs.md; kie-models.md section 6).
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
+#: Kie's "MB" read as 10**6 bytes: the stricter reading, so no file we pass is over Kie's limit.
+MB = 1_000_000
 
 
 def Prompt(max_chars: int) -> Any:
@@ -103,6 +107,9 @@ class ModelSpec:
     #: Estimated credits per task, by the value of ``price_field`` (``"*"``: any value).
     prices: Mapping[str, float] = field(default_factory=dict)
     price_field: str | None = None
+    #: Input fields that take image URLs → the documented largest file per image (bytes). These
+    #: fields may also hold local files in a manifest (uploaded first; types in IMAGE_TYPES).
+    image_fields: Mapping[str, int] = field(default_factory=dict)
 
     def validate(self, input: Mapping[str, Any]) -> dict[str, Any]:
         """``input`` checked and completed with Kie's documented defaults.
@@ -251,7 +258,7 @@ MODELS: dict[str, ModelSpec] = {
             "nano-banana-pro", JOBS, NanoBananaProInput, MediaType.IMAGE,
             {**_NAMED, "image_input": "image_input", "aspect_ratio": "aspect_ratio",
              "resolution": "resolution", "output_format": "output_format"},
-            _same_fields, {"1K": 18, "2K": 18, "4K": 24}, "resolution",
+            _same_fields, {"1K": 18, "2K": 18, "4K": 24}, "resolution", {"image_input": 30 * MB},
         ),
         ModelSpec(
             "google/nano-banana", JOBS, NanoBananaInput, MediaType.IMAGE,
@@ -262,13 +269,13 @@ MODELS: dict[str, ModelSpec] = {
             "google/nano-banana-edit", JOBS, NanoBananaEditInput, MediaType.IMAGE,
             {**_NAMED, "aspect_ratio": "image_size", "output_format": "output_format",
              "image_input": "image_urls"},
-            _nano_banana, {"*": 4},
+            _nano_banana, {"*": 4}, image_fields={"image_urls": 10 * MB},
         ),
         ModelSpec(
             "nano-banana-2", JOBS, NanoBanana2Input, MediaType.IMAGE,
             {**_NAMED, "image_input": "image_input", "aspect_ratio": "aspect_ratio",
              "resolution": "resolution", "output_format": "output_format"},
-            _same_fields, {"1K": 8, "2K": 12, "4K": 18}, "resolution",
+            _same_fields, {"1K": 8, "2K": 12, "4K": 18}, "resolution", {"image_input": 30 * MB},
         ),
         ModelSpec(
             "bytedance/seedream-v4-text-to-image", JOBS, SeedreamV4Input, MediaType.IMAGE,
@@ -284,7 +291,7 @@ MODELS: dict[str, ModelSpec] = {
             "flux-2/pro-image-to-image", JOBS, Flux2ImageInput, MediaType.IMAGE,
             {**_NAMED, "aspect_ratio": "aspect_ratio", "resolution": "resolution",
              "image_input": "input_urls"},
-            _same_fields, {"*": 5},
+            _same_fields, {"*": 5}, image_fields={"input_urls": 10 * MB},
         ),
     )
 }  # fmt: skip

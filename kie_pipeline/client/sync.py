@@ -12,7 +12,7 @@ from typing import Any
 from anyio.from_thread import start_blocking_portal
 
 from .client import AsyncKieClient, Writer
-from .models import DownloadResult, KieUsage, TaskRecord
+from .models import DownloadResult, KieUsage, TaskRecord, UploadedFile
 
 
 class KieClient:
@@ -59,6 +59,10 @@ class KieClient:
 
     def get_credits(self) -> float:
         return self._portal.call(self._client.get_credits)
+
+    def upload_file(self, source: Any, **kw: Any) -> UploadedFile:
+        """See :meth:`AsyncKieClient.upload_file`: a local path or bytes in, its public URL out."""
+        return self._portal.call(lambda: self._client.upload_file(source, **kw))
 
     def get_download_url(self, url: str) -> str:
         return self._portal.call(self._client.get_download_url, url)

@@ -3,6 +3,8 @@
 - ``POST /api/v1/jobs/createTask``, ``GET /api/v1/jobs/recordInfo``, ``GET /api/v1/chat/credit``,
   ``POST /api/v1/common/download-url`` (Bearer auth), and ``GET /files/{token}.{ext}`` (result files,
   no auth, 404 once expired).
+- Kie's File Upload API on the same port (``POST /api/file-stream-upload``, ``file-base64-upload``,
+  ``file-url-upload``; uploaded files at ``GET /tempfile/...``): see :mod:`.uploads`.
 - ``GET /emulator/stats`` and ``POST /emulator/config`` (counters and run-time settings, for tests and
   benchmarks; the server binds to loopback only).
 
@@ -30,6 +32,7 @@ from kie_pipeline.client.registry import MODELS
 
 from .render import render
 from .state import Emulator, Task
+from .uploads import upload_routes
 
 CREATE_PATH = "/api/v1/jobs/createTask"
 #: Scope key through which the createTask handler tells FaultInjection to lose its answer.
@@ -195,6 +198,7 @@ def build_app(emu: Emulator) -> Starlette:
         Route("/files/{name}", files, methods=["GET"]),
         Route("/emulator/stats", stats, methods=["GET"]),
         Route("/emulator/config", config, methods=["POST"]),
+        *upload_routes(emu, _authorized),
     ]
     return Starlette(routes=routes)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from kie_pipeline.client.options import RateLimits
+from kie_pipeline.client.upload import UPLOAD_RETENTION_S
 
 #: A prompt containing this marker makes the task end in ``fail`` (failCode 501).
 FAIL_MARKER = "#kie-fail"
@@ -78,6 +79,11 @@ class EmulatorConfig:
     credits_in_record: bool = False
     #: Serve result files as a stream without Content-Length (chunked), to exercise streaming caps.
     chunked_files: bool = False
+    #: Seconds an uploaded file is served after its upload (Kie deletes uploads after 3 days).
+    upload_retention: float = UPLOAD_RETENTION_S
+    #: The key of the uploaded file's URL in upload answers: "downloadUrl" (Kie's endpoint pages) or
+    #: "fileUrl" (Kie's quickstart).
+    upload_url_field: Literal["downloadUrl", "fileUrl"] = "downloadUrl"
     faults: Faults = field(default_factory=Faults)
 
     def update(self, changes: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from kie_pipeline.client.registry import MODELS, Output
 
 from .config import FAIL_MARKER, STUCK_MARKER, EmulatorConfig
+from .uploads import UploadStore
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Emulator:
         self.config = config or EmulatorConfig()
         self.tasks: dict[str, Task] = {}
         self.tokens: dict[str, FileToken] = {}
+        self.uploads = UploadStore()
         self.stats = Stats()
         self.lock = threading.Lock()
         self._creates: deque[float] = deque()
@@ -281,6 +283,8 @@ class Emulator:
                 "downloads_with_auth": s.downloads_with_auth,
                 "unauthorized": s.unauthorized,
                 "download_url_calls": s.download_url_calls,
+                "uploads": self.uploads.count,
+                "upload_bytes": self.uploads.bytes,
                 "credits_spent": s.credits_spent,
                 "balance": self.config.balance,
                 "max_creates_in_window": s.max_creates_in_window,

@@ -56,6 +56,7 @@ from .record import (
 from .recovery import forget_unrecorded, load_unrecorded, recover_record, save_unrecorded
 from .schema import CATALOG_DTYPES, INTERNAL_MANIFEST_COLUMNS
 from .store import TaskStore
+from .uploads import LocalImageError, Uploader, swap_refs
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class _Batch:
         self.client = client
         self.waiter = waiter
         self.store = store
+        self.uploads = Uploader(client, store)
         self.submitters = submitters
         self.max_consecutive_failures = max_consecutive_failures
         self.wait_timeout = wait_timeout
@@ -253,6 +255,10 @@ class _Batch:
         Returns the record of a task another process created meanwhile (found under the lease), so
         the caller waits for that one instead.
         """
+        # Local images first (free, cached by content): a failed upload creates no task.
+        uploaded = await self._upload(row, previous) if not self.stop_reason else {}
+        if uploaded is None:
+            return None
         if self.stop_reason:
             self.settle(
                 row,
@@ -278,10 +284,31 @@ class _Batch:
             self.summary.resumed += 1
             return found
         assert rec is not None
+        # The record keeps the local references as its input (what the request key hashes) and
+        # the URLs createTask received for them.
+        rec.uploaded = uploaded
         try:
             return await self._create(row, rec, previous)
         finally:
             lease.release()
+
+    async def _upload(self, row: dict[str, Any], previous: RequestRecord | None) -> dict[str, str] | None:
+        """Upload the row's local images: reference → URL ({} without any), or None when an upload
+        failed (the row is then settled with ``UPLOAD_FAILED``; nothing was created)."""
+        files = row.get("local_images")
+        files = json.loads(files) if isinstance(files, str) else {}
+        if not files:
+            return {}
+        try:
+            _, urls = await self.uploads.resolve(json.loads(row["input_json"]), files)
+        except (KieError, LocalImageError) as exc:
+            if isinstance(exc, KieAuthError):
+                self.stop(str(exc))
+            msg = f"uploading a local image failed, so no task was created: {exc}"
+            transient = isinstance(exc, KieError) and exc.retryable
+            self.settle(row, previous, Outcome.FAILED, FailCode.UPLOAD_FAILED, msg, transient=transient)
+            return None
+        return urls
 
     def _claim(
         self, lease: RowLease, row: dict[str, Any], previous: RequestRecord | None
@@ -311,7 +338,9 @@ class _Batch:
         self, row: dict[str, Any], rec: RequestRecord, previous: RequestRecord | None
     ) -> RequestRecord | None:
         try:
-            task_id = await self.client.create_task(row["model"], rec.input, validate=False)
+            task_id = await self.client.create_task(
+                row["model"], swap_refs(rec.input, rec.uploaded), validate=False
+            )
         except KieCreateUncertainError as exc:
             rec.status, rec.error = RecordStatus.UNCERTAIN, str(exc)
             rec.uncertain.append({"at": _now(), "reason": exc.reason})

@@ -4,6 +4,9 @@ One row per image: ``id`` and ``prompt`` required; ``batch`` (the partition; def
 ``"default"``), ``model``, ``aspect_ratio``, ``resolution``,
 ``output_format``, ``image_input`` optional; every other column is carried through unchanged.
 Validation collects *every* problem, each naming the row, the id and the field.
+
+Image fields may name local files (relative to the manifest's folder, or absolute): each is checked
+here (see :mod:`.uploads`) and enters the request as ``local:sha256:<hex>``, its content hash.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +23,11 @@ import fsspec
 import pandas as pd
 
 from kie_pipeline.client import DEFAULT_MODEL, KieValidationError, get_model
+from kie_pipeline.client.registry import ModelSpec, is_http_url
 from kie_pipeline.client.transport import dumps
 
 from .schema import RESERVED_NAMES
+from .uploads import LocalImage, LocalImageError, inspect_image, resolve_path, swap_refs
 
 REQUIRED_COLUMNS = ("id", "prompt")
 #: Named columns for the fields most models share; each model maps them to its own field names
@@ -153,12 +159,17 @@ def _check_id(value: Any) -> str | None:
     return text
 
 
-def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFrame:
+def validate_manifest(
+    df: pd.DataFrame, source: str = "manifest", base_dir: str | None = None
+) -> pd.DataFrame:
     """Validate every row and return the normalized manifest.
 
     The result has the columns ``id, batch, model, prompt, aspect_ratio, resolution, output_format,
-    image_input`` (a JSON list), ``input_json`` (the exact request input), ``request_key`` and
-    ``row_number`` (1-based data row), then the manifest's extra columns unchanged.
+    image_input`` (a JSON list; local files as their resolved paths), ``input_json`` (the exact
+    request input; local files as ``local:sha256:<hex>``), ``request_key``, ``row_number`` (1-based
+    data row) and ``local_images`` (JSON: each local reference → its file), then the manifest's
+    extra columns unchanged. Local image paths are relative to ``base_dir`` (default: the current
+    folder; :func:`load_manifest` passes the manifest's folder).
 
     Raises:
         ManifestError: listing every problem (row number, id, field), if there is any.
@@ -185,6 +196,9 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
 
     rows: list[dict[str, Any]] = []
     first_row_of_id: dict[str, int] = {}
+    base = base_dir if base_dir is not None else os.getcwd()
+    # Each file is read and hashed once, however many rows name it.
+    checked: dict[tuple[str, int], LocalImage | LocalImageError] = {}
     for i, rec in enumerate(df.to_dict("records"), start=1):
         row_problems: list[Problem] = []
 
@@ -217,6 +231,8 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
         if not isinstance(prompt, str) or not prompt.strip():
             bad("prompt", "is empty", rid)
         normalized: dict[str, Any] = {}
+        local: dict[str, LocalImage] = {}
+        shown: dict[str, list[Any]] = {}
         try:
             spec = get_model(model)
         except KieValidationError as exc:
@@ -224,25 +240,39 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
         else:
             inp, sources = _row_input(rec, spec.columns, prompt, lambda f, m, _r=rid: bad(f, m, _r))
             if not row_problems:
+                local, shown = _local_images(
+                    inp, spec, base, checked, lambda f, m, _r=rid, _s=sources: bad(_s.get(f, f), m, _r)
+                )
+            if not row_problems:
+                # Kie's fields take URLs: validate with a stand-in URL per local file, then put the
+                # content reference back (the registry stays strict for the client and the emulator).
+                stand_in = {ref: f"https://local-image.invalid/{img.sha256}" for ref, img in local.items()}
                 try:
-                    normalized = spec.validate(inp)
+                    normalized = swap_refs(
+                        spec.validate(swap_refs(inp, stand_in)), {v: k for k, v in stand_in.items()}
+                    )
                 except KieValidationError as exc:
                     bad(sources.get(exc.field or "", "input"), exc.message, rid)
         problems.extend(row_problems)
         if row_problems:
             continue
         assert rid is not None and batch is not None
+        paths = {ref: img.path for ref, img in local.items()}
         rows.append(
             {
                 "id": rid,
                 "batch": batch,
                 "model": model,
                 "prompt": prompt,
-                # The named columns as the model understood them (None where it has no such field).
-                **{c: _named_value(normalized, spec.columns.get(c)) for c in NAMED_INPUT_COLUMNS},
+                # The named columns as the model understood them (None where it has no such field),
+                # local images as their files: the content references are in input_json.
+                **{
+                    c: _named_value({**normalized, **shown}, spec.columns.get(c)) for c in NAMED_INPUT_COLUMNS
+                },
                 "input_json": dumps(normalized),
                 "request_key": request_key(rid, model, normalized),
                 "row_number": i,
+                "local_images": dumps(paths),
                 **{c: rec.get(c) for c in extras},
             }
         )
@@ -280,7 +310,7 @@ def _row_input(
             try:
                 value: Any = parse_image_input(raw_value) or None
             except ValueError as exc:
-                bad(col, f"is not a JSON list or '|'-separated URLs ({exc})")
+                bad(col, f"is not a JSON list or '|'-separated URLs or paths ({exc})")
                 continue
         else:
             text = _text(raw_value)
@@ -298,11 +328,55 @@ def _row_input(
     return inp, sources
 
 
+def _local_images(
+    inp: dict[str, Any],
+    spec: ModelSpec,
+    base_dir: str,
+    checked: dict[tuple[str, int], LocalImage | LocalImageError],
+    bad: Any,
+) -> tuple[dict[str, LocalImage], dict[str, list[Any]]]:
+    """Check every local file in the model's image fields and replace it in ``inp`` by its content
+    reference; returns reference → image, and each field's images as shown in the catalog (local
+    files as their resolved paths). Problems go to ``bad(field, message)``."""
+    found: dict[str, LocalImage] = {}
+    shown: dict[str, list[Any]] = {}
+    for field, max_bytes in spec.image_fields.items():
+        values = inp.get(field)
+        if not isinstance(values, list):
+            continue
+        out, shown[field] = [], []
+        for value in values:
+            if not isinstance(value, str) or not value.strip() or is_http_url(value):
+                out.append(value)  # URLs (and what the model refuses anyway) go to the registry
+                shown[field].append(value)
+                continue
+            path = resolve_path(value.strip(), base_dir)
+            shown[field].append(path)
+            key = (path, max_bytes)
+            if key not in checked:
+                try:
+                    checked[key] = inspect_image(path, max_bytes)
+                except LocalImageError as exc:
+                    checked[key] = exc
+            result = checked[key]
+            if isinstance(result, LocalImageError):
+                bad(field, f"local image {value!r}: {result}")
+                out.append(value)
+                continue
+            found[result.ref] = result
+            out.append(result.ref)
+        inp[field] = out
+    return found, shown
+
+
 def _named_value(normalized: dict[str, Any], field: str | None) -> Any:
     value = normalized.get(field) if field else None
     return json.dumps(value) if isinstance(value, list) else value
 
 
 def load_manifest(path: str) -> pd.DataFrame:
-    """Read and validate a manifest file: the normalized manifest, or a :class:`ManifestError`."""
-    return validate_manifest(read_manifest(path), source=path)
+    """Read and validate a manifest file: the normalized manifest, or a :class:`ManifestError`.
+
+    Local image paths in it are relative to the manifest's folder."""
+    folder = path.rsplit("/", 1)[0] if "/" in path else "."
+    return validate_manifest(read_manifest(path), source=path, base_dir=folder)

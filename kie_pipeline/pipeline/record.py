@@ -55,6 +55,8 @@ class FailCode(StrEnum):
     UNCERTAIN = "UNCERTAIN"
     NOT_SUBMITTED = "NOT_SUBMITTED"
     STORE_ERROR = "STORE_ERROR"
+    #: A local image could not be uploaded (or changed since validation): no task was created.
+    UPLOAD_FAILED = "UPLOAD_FAILED"
     #: Kie answered with an error that carried no code.
     ERROR = "ERROR"
     #: Kie reported a failed task without a failCode.
@@ -98,6 +100,9 @@ class RequestRecord(BaseModel):
     batch: str = ""
     model: str = ""
     input: dict[str, Any] = Field(default_factory=dict)
+    #: Local images of ``input`` (``local:sha256:<hex>``, as the request key hashes them) → the URL
+    #: of the upload that createTask received in their place.
+    uploaded: dict[str, str] = Field(default_factory=dict)
     task_id: str | None = None
     status: RecordStatus
     error: str | None = None

@@ -52,7 +52,7 @@ CATALOG_COLUMNS: tuple[Column, ...] = (
     Column("aspect_ratio", "string", "Requested aspect ratio"),
     Column("resolution", "string", "Requested resolution"),
     Column("output_format", "string", "Requested output format"),
-    Column("image_input", "string", "Input image URLs (JSON list)"),
+    Column("image_input", "string", "Input images (JSON list): URLs, and local files as their paths"),
     Column("result_urls", "string", "Every result URL of the task (JSON list)"),
 )
 
@@ -61,6 +61,6 @@ CATALOG_DTYPES: dict[str, str] = {c.name: c.dtype for c in CATALOG_COLUMNS}
 #: Column name → description (shown in Dagster's column schema).
 COLUMN_DESCRIPTIONS: dict[str, str] = {c.name: c.description for c in CATALOG_COLUMNS}
 #: Columns of the normalized manifest that the pipeline uses internally and never writes out.
-INTERNAL_MANIFEST_COLUMNS: tuple[str, ...] = ("input_json", "row_number")
+INTERNAL_MANIFEST_COLUMNS: tuple[str, ...] = ("input_json", "row_number", "local_images")
 #: Names a manifest may not use for its own extra columns (they would be overwritten).
 RESERVED_NAMES: frozenset[str] = frozenset(CATALOG_DTYPES) | frozenset(INTERNAL_MANIFEST_COLUMNS)
