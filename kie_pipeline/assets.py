@@ -133,6 +133,13 @@ class GenerateConfig(dg.Config):
         description="Credits per task by model and resolution, replacing the built-in estimate table "
         "(kie_pipeline.client.pricing), e.g. {'nano-banana-pro': {'1K': 18, '2K': 18, '4K': 24}}.",
     )
+    max_credits: float | None = Field(
+        default=None,
+        description="The run's budget: the estimated credits of the tasks it creates never exceed "
+        "this (each row's estimate is reserved before its createTask; rows that do not fit are not "
+        "submitted, fail code BUDGET, and the run fails without retry once everything created is "
+        "recorded). None: no budget. A model without a price estimate cannot run under a budget.",
+    )
 
 
 #: Transient failures (Kie or the network down) are retried by Dagster with backoff; a resumed run
@@ -189,8 +196,12 @@ def _run_metadata(summary: BatchSummary, balance: float | None, elapsed: float) 
         "fail_codes": dg.MetadataValue.json(dict(summary.fail_codes)),
         # Credits of the tasks this run created: Kie's own figure where it gave one, else the
         # price table's estimate. Never the balance difference, which counts other runs' spending.
-        "credits_used": summary.credits_used,
+        # Floats (MetadataValue.float) so Dagster charts spend per partition over time.
+        "credits_used": dg.MetadataValue.float(float(summary.credits_used)),
         "credits_from_kie": summary.credits_from_kie,
+        # The estimate of the rows this run planned to create (the pre-flight's figure).
+        "credits_estimated_needed": dg.MetadataValue.float(float(summary.credits_estimated_needed)),
+        "credits_unpriced_rows": summary.credits_unpriced_rows,
         "account_balance": balance,
         "elapsed_s": round(elapsed, 2),
     }
@@ -237,12 +248,18 @@ async def generated_images(
     store = dataset.task_store()
     error: SystemicError | None = None
     async with kie.get_client() as client:
+        # The pre-flight: the balance, compared with the estimate of the rows to create before any
+        # is submitted. A refused key fails here, before any task is attempted.
+        balance_before: float | None = None
         try:
-            await client.get_credits()  # a refused key fails here, before any task is attempted
+            balance_before = await client.get_credits()
         except KieAuthError as exc:
             raise dg.Failure(description=f"{exc} No image was attempted.", allow_retries=False) from None
-        except KieError:
-            pass  # the balance is unknown right now; generation says more if Kie is down
+        except KieError as exc:
+            context.log.warning(
+                f"Could not read the account's balance ({exc}); going on without the pre-flight "
+                "check (a 402 from Kie still stops the batch)."
+            )
         try:
             df, summary = await generate_batch(
                 client,
@@ -255,6 +272,8 @@ async def generated_images(
                 progress=context.log.info,
                 progress_interval=config.progress_interval_s,
                 lease_owner=f"Dagster run {context.run_id}",
+                max_credits=config.max_credits,
+                balance=balance_before,
             )
         except BatchLeaseHeld as exc:
             raise dg.Failure(description=f"{exc} Nothing was submitted.", allow_retries=False) from None

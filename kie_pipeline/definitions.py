@@ -6,6 +6,7 @@ Configuration comes from the environment:
 - ``KIE_BASE_URL``: default ``https://api.kie.ai``; the local emulator's URL to run offline.
 - ``KIE_UPLOAD_URL``: Kie's File Upload API for the manifest's local images (default
   ``https://kieai.redpandaai.co``); the emulator's URL to run offline (it serves uploads too).
+- ``KIE_LOW_BALANCE``: the ``kie_account`` check warns below this balance (default 1000 credits).
 - ``KIE_MANIFEST``: the manifest, CSV or Parquet (default ``data/prompts.csv``).
 - ``KIE_STORE``: folder or fsspec URL for images, task records and tables (default ``data/store``).
 - ``KIE_STORE_OPTIONS``: the store's fsspec options as a JSON object, e.g.
@@ -22,13 +23,15 @@ from typing import Any
 
 import dagster as dg
 
+from .account import kie_account
 from .assets import catalog_copies_match, catalog_ids_unique, generated_images, image_catalog, prompt_manifest
 from .automation import manifest_sensor, nightly_generation
 from .client import DEFAULT_BASE_URL
 from .io_manager import ParquetStoreIOManager
 from .resources import DatasetResource, KieResource, StoreResource, local_or_url, parse_store_options
 
-ASSETS = [prompt_manifest, generated_images, image_catalog]
+#: kie_account carries its own check (balance_above_threshold), evaluated with each observation.
+ASSETS = [prompt_manifest, generated_images, image_catalog, kie_account]
 ASSET_CHECKS = [catalog_copies_match, catalog_ids_unique]
 
 
@@ -54,6 +57,8 @@ def build_resources(**kie_options: Any) -> dict[str, Any]:
             limits.setdefault(option, int(os.environ[var]))
     if limits:
         kie_options["limits"] = limits
+    if os.environ.get("KIE_LOW_BALANCE"):
+        kie_options.setdefault("low_balance_credits", float(os.environ["KIE_LOW_BALANCE"]))
     if os.environ.get("KIE_UPLOAD_URL"):
         kie_options.setdefault("upload_url", dg.EnvVar("KIE_UPLOAD_URL"))
     return {

@@ -63,6 +63,11 @@ class KieResource(dg.ConfigurableResource):
     retry: RetryPolicyConfig = Field(default=RetryPolicyConfig(), description=RetryPolicy.__doc__)
     poll: PollPolicyConfig = Field(default=PollPolicyConfig(), description=PollPolicy.__doc__)
     max_download_mb: int = Field(default=50, description="Refuse result files larger than this.")
+    low_balance_credits: float = Field(
+        default=1000.0,
+        description="The kie_account asset's check warns when the balance is below this many credits "
+        "(KIE_LOW_BALANCE in the environment-built definitions).",
+    )
     rate_limit_dir: str | None = Field(
         default="",
         description="Folder of the rate-limit windows shared by every run on this machine; empty: "

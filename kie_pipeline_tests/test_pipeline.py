@@ -154,7 +154,10 @@ def test_402_mid_partition_keeps_what_was_paid_and_resumes_after_top_up(env, emu
     # Submit one at a time, in order.
     pipe = Pipeline(instance, limits={"create_limit": 1, "create_period_s": 0.2})
     pipe.manifest()
-    result = pipe.batch("animals", raise_on_error=False)
+    # A price table that underestimates (1 credit a task) lets the pre-flight pass: Kie's 402 is
+    # then what stops the batch midway, as when Kie's prices rise or another run spends meanwhile.
+    cheap = {"nano-banana-pro": {"*": 1.0}}
+    result = pipe.batch("animals", raise_on_error=False, prices=cheap)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "balance: 0 credits" in failure.step_failure_data.error.message

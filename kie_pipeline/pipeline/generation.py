@@ -44,9 +44,8 @@ from kie_pipeline.client import (
 )
 
 from .lease import RowLease, RowLeaseHeld, batch_lease
+from .planning import CreditBudget, RowAction, copy_uris, estimate_plan, plan_rows, row_credits, shortfall
 from .record import (
-    MAYBE_PAID,
-    PAID_AND_PENDING,
     FailCode,
     KieOutcome,
     RecordStatus,
@@ -126,6 +125,10 @@ class BatchSummary:
     expired_links_refreshed: int = 0
     credits_used: float = 0.0
     credits_from_kie: int = 0
+    #: Estimated credits of the rows this run planned to create (before any budget or pre-flight).
+    credits_estimated_needed: float = 0.0
+    #: Rows planned to be created whose price the table does not know (not in the figure above).
+    credits_unpriced_rows: int = 0
     recovered_records: int = 0
     adopted: int = 0
     fail_codes: Counter[str] = field(default_factory=Counter)
@@ -163,6 +166,8 @@ class _Batch:
         prices: Mapping[str, Any] | None,
         progress: Callable[[str], None],
         waiter: Waiter,
+        max_credits: float | None = None,
+        balance: float | None = None,
     ) -> None:
         self.client = client
         self.waiter = waiter
@@ -177,6 +182,10 @@ class _Batch:
         self.summary = BatchSummary()
         self.stop_reason: str | None = None
         self.stop_retryable = False
+        #: The fail code of the rows not submitted after the stop.
+        self.stop_code: str = FailCode.NOT_SUBMITTED
+        self.budget = CreditBudget(max_credits)
+        self.balance = balance
         self.consecutive_failures = 0
         self.results: dict[str, list[dict[str, Any]]] = {}
         self.in_flight = 0
@@ -202,10 +211,11 @@ class _Batch:
         with contextlib.suppress(OSError):
             await self.save(rec)
 
-    def stop(self, reason: str, *, retryable: bool = False) -> None:
+    def stop(self, reason: str, *, retryable: bool = False, code: str = FailCode.NOT_SUBMITTED) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
             self.stop_retryable = retryable
+            self.stop_code = code
             self.progress(f"Stopping new submissions: {reason}")
 
     def _count_failure(self, *, transient: bool) -> None:
@@ -259,28 +269,30 @@ class _Batch:
         uploaded = await self._upload(row, previous) if not self.stop_reason else {}
         if uploaded is None:
             return None
+        if not self.stop_reason:
+            self._reserve(row)
         if self.stop_reason:
             self.settle(
-                row,
-                previous,
-                Outcome.NOT_SUBMITTED,
-                FailCode.NOT_SUBMITTED,
-                f"not submitted: {self.stop_reason}",
+                row, previous, Outcome.NOT_SUBMITTED, self.stop_code, f"not submitted: {self.stop_reason}"
             )
             return None
-        lease = RowLease(self.store, row["request_key"])
+        key = row["request_key"]
+        lease = RowLease(self.store, key)
         try:
             # One trip off the event loop: take the lease, re-read the record, write the intent.
             found, rec = await asyncio.to_thread(self._claim, lease, row, previous)
         except RowLeaseHeld as exc:
+            self.budget.release(key)
             self.settle(row, previous, Outcome.NOT_SUBMITTED, FailCode.NOT_SUBMITTED, f"not submitted: {exc}")
             return None
         except OSError:
+            self.budget.release(key)
             self.settle(
                 row, previous, Outcome.STORE_ERROR, FailCode.STORE_ERROR, self.stop_reason or "store error"
             )
             return None
         if found is not None:
+            self.budget.release(key)  # another process paid for it
             self.summary.resumed += 1
             return found
         assert rec is not None
@@ -291,6 +303,10 @@ class _Batch:
             return await self._create(row, rec, previous)
         finally:
             lease.release()
+            if rec.status is RecordStatus.REFUSED:
+                # Kie refused the createTask: nothing was paid, so the budget gets it back. Any
+                # other end (created, uncertain) keeps the reservation: it may have been paid.
+                self.budget.release(key)
 
     async def _upload(self, row: dict[str, Any], previous: RequestRecord | None) -> dict[str, str] | None:
         """Upload the row's local images: reference → URL ({} without any), or None when an upload
@@ -309,6 +325,27 @@ class _Batch:
             self.settle(row, previous, Outcome.FAILED, FailCode.UPLOAD_FAILED, msg, transient=transient)
             return None
         return urls
+
+    def _reserve(self, row: dict[str, Any]) -> None:
+        """Reserve the row's estimate in the budget, or stop submissions at the budget.
+
+        Synchronous, so that no other submitter runs between the check and the reservation.
+        """
+        budget = self.budget
+        credits = row_credits(row, self.prices)
+        if budget.try_reserve(row["request_key"], credits):
+            return
+        why = (
+            f"{row['model']} has no price estimate (set prices for it to use a budget)"
+            if credits is None
+            else f"row {row['id']!r} needs {credits:g} more"
+        )
+        self.stop(
+            f"the run's budget max_credits={budget.limit:g} is reached ({budget.reserved:g} credits "
+            f"reserved for the tasks created; {why}). Everything created was waited for and recorded; "
+            "re-materializing spends another budget on the rows left",
+            code=FailCode.BUDGET,
+        )
 
     def _claim(
         self, lease: RowLease, row: dict[str, Any], previous: RequestRecord | None
@@ -544,37 +581,43 @@ class _Batch:
     def _plan(
         self, rows: list[dict[str, Any]], existing: dict[str, RequestRecord], on_disk: set[str]
     ) -> tuple[list[tuple[dict[str, Any], RequestRecord]], list[tuple[dict[str, Any], RequestRecord | None]]]:
-        """Split rows into reused (settled here), to resume (a task exists) and to create."""
+        """Split rows into reused (settled here), to resume (a task exists) and to create, by
+        :func:`plan_rows` (which ``kie-pipeline estimate`` uses too); then the pre-flight."""
+        plan = plan_rows(rows, existing, on_disk, regenerate_expired=self.regenerate_expired)
         resume: list[tuple[dict[str, Any], RequestRecord]] = []
         create: list[tuple[dict[str, Any], RequestRecord | None]] = []
-        for row in rows:
-            rec = existing.get(row["request_key"])
-            status = rec.status if rec else None
-            if (
-                rec
-                and status is RecordStatus.SUCCESS
-                and rec.images
-                and all(im is not None and im.uri in on_disk for im in rec.images)
-            ):
+        for p in plan:
+            row, rec = p.row, p.record
+            if p.action is RowAction.REUSE:
                 self.settle(row, rec, Outcome.REUSED)
-            elif rec and status is RecordStatus.EXPIRED and not self.regenerate_expired:
+            elif p.action is RowAction.EXPIRED:
+                assert rec is not None
                 why = rec.error or "the result expired before it was copied"
                 self.settle(row, rec, Outcome.EXPIRED, FailCode.EXPIRED, why)
-            elif rec and rec.task_id and status in PAID_AND_PENDING:
-                # Paid for already (submitted, timed out, download failed or copy lost): resume.
+            elif p.action is RowAction.RESUME:
+                assert rec is not None
                 self.summary.resumed += 1
                 resume.append((row, rec))
             else:
-                if status in MAYBE_PAID:
+                if p.resubmits_uncertain:
                     self.summary.resubmitted_uncertain += 1
                     self.progress(
                         f"Row {row['id']!r} (request key {row['request_key']}): an earlier createTask "
                         "may have created a task whose id never arrived; submitting it again, which "
                         "may pay twice for this row."
                     )
-                elif status is RecordStatus.EXPIRED:
+                elif p.regenerates_expired:
                     self.summary.regenerated_expired += 1
                 create.append((row, rec))
+        needs = estimate_plan(plan, self.prices)
+        self.summary.credits_estimated_needed = sum(n.credits for n in needs)
+        self.summary.credits_unpriced_rows = sum(n.unpriced for n in needs)
+        if create and self.balance is not None:
+            short = shortfall(needs, self.balance, self.budget.limit)
+            if short:
+                # Before the first createTask: every row to create is settled not submitted, and
+                # the tasks already paid for (resume) are still waited for.
+                self.stop(short, code=FailCode.INSUFFICIENT_CREDITS)
         return resume, create
 
     async def _report_progress(self, total: int, interval: float, started: float) -> None:
@@ -595,13 +638,7 @@ class _Batch:
         started = time.monotonic()
         existing = await asyncio.to_thread(self.store.load_many, [r["request_key"] for r in rows])
         await self._repair(rows, existing)
-        done_uris = [
-            im.uri
-            for r in existing.values()
-            if r.status is RecordStatus.SUCCESS
-            for im in r.images
-            if im is not None
-        ]
+        done_uris = copy_uris(existing.values())
         # One trip off the event loop for every existence check, not one per row.
         on_disk = await asyncio.to_thread(lambda: {u for u in done_uris if self.store.exists(u)})
         resume, create = self._plan(rows, existing, on_disk)
@@ -747,6 +784,8 @@ async def generate_batch(
     progress_interval: float = 10.0,
     lease_owner: str | None = None,
     waiter: Waiter | None = None,
+    max_credits: float | None = None,
+    balance: float | None = None,
 ) -> tuple[pd.DataFrame, BatchSummary]:
     """Generate every row of a validated manifest slice; return one result row per result.
 
@@ -754,9 +793,16 @@ async def generate_batch(
     any other row gives one row. ``progress`` receives a line every ``progress_interval`` seconds.
     ``waiter`` waits for each task (default: polling through ``client``).
 
+    Credits: ``balance`` (the account's, read before the batch; None: unknown) is compared with the
+    estimate of the rows that will be created, and when it is short nothing is submitted.
+    ``max_credits`` (None: no budget) caps the estimated credits of the tasks this call creates:
+    each row's estimate is reserved before its createTask, and the rows that do not fit are not
+    submitted (fail code ``BUDGET``).
+
     Raises:
         SystemicError: after recording everything already paid for, when submissions stopped
-            (401, 402, an unwritable store, ``max_consecutive_failures`` failures in a row).
+            (401, 402, an unwritable store, ``max_consecutive_failures`` failures in a row, a
+            balance short of the estimate, the ``max_credits`` budget reached).
         BatchLeaseHeld: another run is generating the same batch (nothing was submitted).
     """
     batch = _Batch(
@@ -768,6 +814,8 @@ async def generate_batch(
         regenerate_expired=regenerate_expired,
         prices=prices,
         progress=progress,
+        max_credits=max_credits,
+        balance=balance,
         waiter=waiter or PollingWaiter(client),
     )
     rows = manifest_rows.to_dict("records")

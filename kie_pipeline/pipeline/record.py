@@ -55,6 +55,10 @@ class FailCode(StrEnum):
     UNCERTAIN = "UNCERTAIN"
     NOT_SUBMITTED = "NOT_SUBMITTED"
     STORE_ERROR = "STORE_ERROR"
+    #: Not submitted: the run's ``max_credits`` budget had no room left for this row.
+    BUDGET = "BUDGET"
+    #: Not submitted: the pre-flight found the account's balance short of what the batch needs.
+    INSUFFICIENT_CREDITS = "INSUFFICIENT_CREDITS"
     #: A local image could not be uploaded (or changed since validation): no task was created.
     UPLOAD_FAILED = "UPLOAD_FAILED"
     #: Kie answered with an error that carried no code.
