@@ -3,7 +3,7 @@
 ``kie_account`` reads ``GET /api/v1/chat/credit`` and records the balance as numeric metadata (so
 Dagster charts it over time); its check ``balance_above_threshold`` warns when the balance is below
 ``KieResource.low_balance_credits`` (``KIE_LOW_BALANCE`` in the environment-built definitions).
-Observe it from the UI ("Observe sources"), a schedule or ``dagster asset materialize``-style runs.
+Observe it from the UI (the asset's Observe button) or from a job or schedule that selects it.
 """
 
 import dagster as dg

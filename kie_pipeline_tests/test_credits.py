@@ -24,8 +24,9 @@ from kie_pipeline.account import BALANCE_CHECK, kie_account
 from kie_pipeline.cli import main
 from kie_pipeline.definitions import ASSETS, build_definitions, build_resources
 from kie_pipeline.pipeline.generation import SystemicError, generate_batch
-from kie_pipeline.pipeline.manifest import validate_manifest
+from kie_pipeline.pipeline.manifest import load_manifest, validate_manifest
 from kie_pipeline.pipeline.planning import CreditBudget
+from kie_pipeline.pipeline.record import RecordStatus, RequestRecord
 from kie_pipeline.pipeline.store import TaskStore
 
 from .conftest import make_client
@@ -103,6 +104,26 @@ def test_preflight_goes_on_when_the_balance_cannot_be_read(env, emulator, instan
     assert metadata(result)["images_created"] == 2
     logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("Could not read the account's balance" in m for m in logs)
+
+
+def test_preflight_short_balance_still_waits_for_tasks_already_paid(emulator, tmp_path) -> None:
+    """A task an earlier run created is resumed and copied; only the new rows are held back."""
+    rows = validate_manifest(pd.DataFrame(many(3)))
+    store = TaskStore(str(tmp_path))
+    first = rows.iloc[0].to_dict()
+
+    async def go() -> None:
+        async with make_client(emulator) as client:
+            task_id = await client.create_task(first["model"], json.loads(first["input_json"]))
+            store.save(RequestRecord.for_row(first, None, RecordStatus.SUBMITTED, task_id=task_id))
+            await generate_batch(client, store, rows, balance=PRICE)  # two new rows need 2 * PRICE
+
+    with pytest.raises(SystemicError, match="short of the 36 credits") as info:
+        asyncio.run(go())
+    summary = info.value.summary
+    assert (summary.resumed, summary.succeeded, summary.created) == (1, 1, 0)
+    assert summary.fail_codes == {"INSUFFICIENT_CREDITS": 2} and creates(emulator) == 1
+    assert store.load(first["request_key"]).status is RecordStatus.SUCCESS
 
 
 # -- max_credits -----------------------------------------------------------------------------------
@@ -290,6 +311,16 @@ def test_estimate_prices_and_an_unpriced_model(env, capsys) -> None:
     assert main(["estimate", str(env / "prompts.csv"), "--prices", '{"nano-banana-pro": {}}']) == 0
     out = capsys.readouterr().out
     assert table_rows(out)[("total", "")][-2:] == ["0", "+5?"] and "5 row(s) to create have no price" in out
+
+
+def test_estimate_leaves_a_damaged_record_where_it_is(env, capsys) -> None:
+    key = load_manifest(str(env / "prompts.csv"))["request_key"].iloc[0]
+    damaged = env / "store" / "tasks" / f"{key}.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text('{"key": "truncated')
+    assert main(["estimate", str(env / "prompts.csv"), "--store", str(env / "store")]) == 0
+    assert table_rows(capsys.readouterr().out)[("total", "")][0] == "5"  # the damaged row: created
+    assert damaged.read_text() == '{"key": "truncated' and not (damaged.parent / "corrupt").exists()
 
 
 def test_estimate_of_an_invalid_manifest_exits_2_naming_row_and_field(env, capsys) -> None:
