@@ -26,6 +26,8 @@ from kie_pipeline.pipeline.uploads import LOCAL_PREFIX, UPLOAD_MAX_AGE_S
 from .conftest import FAST, make_client
 from .pipeline_helpers import Pipeline, metadata, write_manifest
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
 
 def image_bytes(color: str = "red", fmt: str = "PNG", size: tuple[int, int] = (8, 8)) -> bytes:
     buf = io.BytesIO()
@@ -170,6 +172,21 @@ def test_local_paths_become_content_references(tmp_path) -> None:
     assert json.loads(out.loc["many", "image_input"]) == [url, str(tmp_path / "refs" / "cat.png"), absolute]
 
 
+def test_readme_manifest_example(tmp_path) -> None:
+    """The manifest of the README's "Local images (File Upload)" section, as written there."""
+    section = README.read_text().split("### Local images (File Upload)", 1)[1]
+    (tmp_path / "m.csv").write_text(section.split("```csv\n", 1)[1].split("```", 1)[0])
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs" / "fox.png").write_bytes(image_bytes())
+    out = load_manifest(str(tmp_path / "m.csv")).set_index("id")
+    ref = f"{LOCAL_PREFIX}{sha(image_bytes())}"
+    assert json.loads(out.loc["fox-summer", "input_json"])["image_input"] == [ref]
+    assert json.loads(out.loc["fox-duo", "input_json"])["image_input"] == [
+        ref,
+        "https://example.com/style.jpg",
+    ]
+
+
 def test_request_key_follows_the_content_not_the_path_or_upload(tmp_path) -> None:
     def key(content: bytes, name: str) -> str:
         (tmp_path / name).write_bytes(content)
@@ -245,7 +262,7 @@ def _records(store: Path) -> dict[str, dict]:
     return out
 
 
-def test_one_upload_for_a_whole_dataset_and_none_on_rerun(env, emulator, instance) -> None:
+def test_one_upload_for_a_whole_dataset_and_none_on_rerun(env, emulator, instance, monkeypatch) -> None:
     ref = env / "refs" / "style.png"
     ref.parent.mkdir()
     ref.write_bytes(image_bytes("purple"))
@@ -255,7 +272,8 @@ def test_one_upload_for_a_whole_dataset_and_none_on_rerun(env, emulator, instanc
     ]
     rows.append({"id": "plain", "batch": "b", "prompt": "no image"})
     write_manifest(str(env / "prompts.csv"), rows)
-    pipe = Pipeline(instance, upload_url=emulator.url)
+    monkeypatch.setenv("KIE_UPLOAD_URL", emulator.url)  # the README's setting for the emulator
+    pipe = Pipeline(instance)
     pipe.manifest()
     md = metadata(pipe.batch("b", submitters=4))
     assert md["images_created"] == 7 and md["images_failed"] == 0
