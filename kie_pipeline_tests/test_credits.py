@@ -175,6 +175,8 @@ def test_budget_refuses_rows_without_a_price(env, emulator, instance) -> None:
     message, md = failure_of(result)
     assert "nano-banana-pro has no price estimate" in message and creates(emulator) == 0
     assert md["credits_unpriced_rows"] == 2
+    logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("2 row(s) to create have no price estimate" in m for m in logs)
 
 
 def test_budget_stop_is_not_retryable(emulator, tmp_path) -> None:

@@ -612,6 +612,11 @@ class _Batch:
         needs = estimate_plan(plan, self.prices)
         self.summary.credits_estimated_needed = sum(n.credits for n in needs)
         self.summary.credits_unpriced_rows = sum(n.unpriced for n in needs)
+        if self.summary.credits_unpriced_rows:
+            self.progress(
+                f"{self.summary.credits_unpriced_rows} row(s) to create have no price estimate (set "
+                "prices for their model): the pre-flight cannot count them, and a budget refuses them."
+            )
         if create and self.balance is not None:
             short = shortfall(needs, self.balance, self.budget.limit)
             if short:
