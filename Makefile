@@ -42,6 +42,7 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m kie_pipeline.emulator --port 8765 --latency 2,6 & \
 	  trap "kill $$!" EXIT; \
 	  KIE_BASE_URL=$${KIE_BASE_URL:-http://127.0.0.1:8765} KIE_API_KEY=$${KIE_API_KEY:-emulator-key} \
+	  KIE_UPLOAD_URL=$${KIE_UPLOAD_URL:-http://127.0.0.1:8765} \
 	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 emulator: $(STAMP)

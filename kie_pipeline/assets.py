@@ -135,6 +135,7 @@ class GenerateConfig(dg.Config):
     )
     max_credits: float | None = Field(
         default=None,
+        ge=0,
         description="The run's budget: the estimated credits of the tasks it creates never exceed "
         "this (each row's estimate is reserved before its createTask; rows that do not fit are not "
         "submitted, fail code BUDGET, and the run fails without retry once everything created is "

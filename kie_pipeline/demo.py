@@ -24,6 +24,8 @@ def main() -> int:
         # The demo always runs offline: the emulator's URL and key, whatever the shell has.
         os.environ["KIE_BASE_URL"] = server.url
         os.environ["KIE_API_KEY"] = server.config.api_key
+        # The sample's reference image (data/refs/) is uploaded to the emulator's File Upload API.
+        os.environ["KIE_UPLOAD_URL"] = server.url
         from kie_pipeline.definitions import ASSET_CHECKS, ASSETS, build_resources
 
         assets, checks = ASSETS, ASSET_CHECKS
