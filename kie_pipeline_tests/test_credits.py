@@ -403,3 +403,12 @@ def test_readme_commands_run(env, emulator, capsys, monkeypatch) -> None:
         assert main(words[1:]) == 0, command
         assert "total" in capsys.readouterr().out
     assert creates(emulator) == 0
+
+
+def test_a_negative_budget_is_refused_by_the_run_config(env, emulator, instance) -> None:
+    pipe = Pipeline(instance)
+    pipe.manifest()
+    result = pipe.batch("animals", raise_on_error=False, max_credits=-1)
+    assert not result.success
+    assert "max_credits" in failure_of(result)[0] and "greater than or equal to 0" in failure_of(result)[0]
+    assert creates(emulator) == 0
