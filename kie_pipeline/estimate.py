@@ -66,10 +66,8 @@ def format_estimate(needs: list[CreditNeed], balance: float | None = None) -> st
 
     rule = "  ".join("-" * w for w in widths)
     out = [line(table[0]), rule, *(line(r) for r in table[1:-1]), rule, line(table[-1])]
-    out.append(
-        "create: new createTask calls (the only rows that cost credits); reuse: finished, copies in the "
-        "store; resume: a task exists, waited for again; expired: kept failed (regenerate_expired off)."
-    )
+    out.append("create: new createTask calls, the only rows that cost credits; reuse: finished, copies")
+    out.append("in the store; resume: a task exists, waited for again; expired: kept failed.")
     if unpriced:
         out.append(f"{unpriced} row(s) to create have no price estimate (marked +N?): set prices for them.")
     if balance is not None:
