@@ -80,12 +80,21 @@ def resolve_path(value: str, base_dir: str) -> str:
     return os.path.normpath(os.path.join(base_dir, value))
 
 
-def _read(path: str, max_bytes: int) -> bytes:
+def _read(path: str, max_bytes: int | None = None) -> bytes:
+    """The file's bytes; raises LocalImageError when it is missing, too large or unreadable."""
+    try:
+        return _read_file(path, max_bytes)
+    except (OSError, ValueError) as exc:  # unreadable, or a name the filesystem cannot hold
+        raise LocalImageError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _read_file(path: str, max_bytes: int | None) -> bytes:
     fs, fpath = fsspec.core.url_to_fs(path)
     if not fs.isfile(fpath):
         raise LocalImageError(f"{path} is not a file" if fs.exists(fpath) else f"no file at {path}")
     size = int(fs.size(fpath))
-    if size > max_bytes:
+    # The size is checked before reading: a mistaken path to a huge file is refused, not read.
+    if max_bytes is not None and size > max_bytes:
         raise LocalImageError(f"{path} is {size:,} bytes; this field takes images of at most {max_bytes:,}")
     return fs.cat_file(fpath)
 
@@ -96,12 +105,7 @@ def inspect_image(path: str, max_bytes: int) -> LocalImage:
     Raises:
         LocalImageError: saying what is wrong with the file.
     """
-    try:
-        data = _read(path, max_bytes)
-    except LocalImageError:
-        raise
-    except (OSError, ValueError) as exc:  # unreadable, or a name the filesystem cannot hold
-        raise LocalImageError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
+    data = _read(path, max_bytes)
     mime = sniff_image_type(data[:12])
     if mime is None:
         accepted = ", ".join(IMAGE_EXTENSIONS.values())
@@ -176,12 +180,12 @@ class Uploader:
     upload, and a fresh URL in the store's cache is used without uploading at all.
     """
 
-    def __init__(self, client: AsyncKieClient, store: TaskStore, *, max_age_s: float = UPLOAD_MAX_AGE_S):
+    def __init__(
+        self, client: AsyncKieClient, store: TaskStore, *, max_age_s: float = UPLOAD_MAX_AGE_S
+    ) -> None:
         self.client = client
         self.cache = UploadCache(store, max_age_s)
         self._pending: dict[str, asyncio.Future[_Upload]] = {}
-        #: Local references resolved from the store's cache (no upload).
-        self.reused = 0
 
     async def resolve(
         self, input: dict[str, Any], files: Mapping[str, str]
@@ -218,9 +222,9 @@ class Uploader:
     async def _upload(self, sha: str, path: str) -> _Upload:
         cached = await asyncio.to_thread(self.cache.get, sha)
         if cached is not None:
-            self.reused += 1
             return cached
-        data = await asyncio.to_thread(_read, path, 1 << 40)
+        # Checked against the model's limit at validation; only the content hash matters now.
+        data = await asyncio.to_thread(_read, path)
         if hashlib.sha256(data).hexdigest() != sha:
             raise LocalImageError(
                 f"{path} changed after the manifest was validated; materialize prompt_manifest again "
