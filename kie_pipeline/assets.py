@@ -275,6 +275,7 @@ async def generated_images(
                 lease_owner=f"Dagster run {context.run_id}",
                 max_credits=config.max_credits,
                 balance=balance_before,
+                callbacks=kie.callback_settings(),
             )
         except BatchLeaseHeld as exc:
             raise dg.Failure(description=f"{exc} Nothing was submitted.", allow_retries=False) from None

@@ -30,6 +30,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.run(args))
 
 
+def _add_receiver(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "receiver",
+        help="serve the callback receiver (Kie's callbacks into the store's task records)",
+        description="Serve the callback receiver. The secret comes from KIE_CALLBACK_SECRET and Kie's "
+        "webhook HMAC key, if the account has one, from KIE_WEBHOOK_KEY (read when it starts).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8766)
+    p.add_argument("--store", default=None, help="the store (default: KIE_STORE, else data/store)")
+    p.set_defaults(run=_run_receiver)
+
+
+def _run_receiver(args: argparse.Namespace) -> int:
+    import os
+
+    from kie_pipeline.pipeline.store import TaskStore, parse_store_options
+    from kie_pipeline.receiver import serve
+
+    secret = os.environ.get("KIE_CALLBACK_SECRET", "")
+    if not secret:
+        print("KIE_CALLBACK_SECRET is not set: set it to a long random value, the same for the pipeline.")
+        return 2
+    store = args.store or os.environ.get("KIE_STORE", "data/store")
+    options = parse_store_options(os.environ.get("KIE_STORE_OPTIONS", ""))
+    print(f"Callback receiver on http://{args.host}:{args.port}, writing to {store}", flush=True)
+    serve(
+        TaskStore(store, storage_options=options),
+        secret=secret,
+        webhook_key=os.environ.get("KIE_WEBHOOK_KEY") or None,
+        host=args.host,
+        port=args.port,
+    )
+    return 0
+
+
 def _add_estimate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "estimate",
@@ -89,7 +125,7 @@ def _run_estimate(args: argparse.Namespace) -> int:
 
 
 #: The functions that add one subcommand each (see the module docstring).
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_estimate,)
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_receiver, _add_estimate)
 
 
 if __name__ == "__main__":

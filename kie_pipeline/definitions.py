@@ -6,6 +6,8 @@ Configuration comes from the environment:
 - ``KIE_BASE_URL``: default ``https://api.kie.ai``; the local emulator's URL to run offline.
 - ``KIE_UPLOAD_URL``: Kie's File Upload API for the manifest's local images (default
   ``https://kieai.redpandaai.co``); the emulator's URL to run offline (it serves uploads too).
+- ``KIE_CALLBACK_URL`` and ``KIE_CALLBACK_SECRET``: the callback receiver's public base URL and the
+  secret it runs with (optional: without them, tasks are polled).
 - ``KIE_LOW_BALANCE``: the ``kie_account`` check warns below this balance (default 1000 credits).
 - ``KIE_MANIFEST``: the manifest, CSV or Parquet (default ``data/prompts.csv``).
 - ``KIE_STORE``: folder or fsspec URL for images, task records and tables (default ``data/store``).
@@ -28,7 +30,8 @@ from .assets import catalog_copies_match, catalog_ids_unique, generated_images, 
 from .automation import manifest_sensor, nightly_generation
 from .client import DEFAULT_BASE_URL
 from .io_manager import ParquetStoreIOManager
-from .resources import DatasetResource, KieResource, StoreResource, local_or_url, parse_store_options
+from .pipeline.store import parse_store_options
+from .resources import DatasetResource, KieResource, StoreResource, local_or_url
 
 #: kie_account carries its own check (balance_above_threshold), evaluated with each observation.
 ASSETS = [prompt_manifest, generated_images, image_catalog, kie_account]
@@ -57,15 +60,23 @@ def build_resources(**kie_options: Any) -> dict[str, Any]:
             limits.setdefault(option, int(os.environ[var]))
     if limits:
         kie_options["limits"] = limits
-    if os.environ.get("KIE_LOW_BALANCE"):
-        kie_options.setdefault("low_balance_credits", float(os.environ["KIE_LOW_BALANCE"]))
     if os.environ.get("KIE_UPLOAD_URL"):
         kie_options.setdefault("upload_url", dg.EnvVar("KIE_UPLOAD_URL"))
+    if os.environ.get("KIE_LOW_BALANCE"):
+        kie_options.setdefault("low_balance_credits", float(os.environ["KIE_LOW_BALANCE"]))
     return {
-        "kie": KieResource(api_key=api_key, base_url=base_url, **kie_options),
+        "kie": KieResource(api_key=api_key, base_url=base_url, **_callback_options(), **kie_options),
         "dataset": DatasetResource(manifest=manifest, store=store),
         "parquet_io": ParquetStoreIOManager(store=store),
     }
+
+
+def _callback_options() -> dict[str, Any]:
+    """KIE_CALLBACK_URL / KIE_CALLBACK_SECRET, through EnvVar (resolved at run time, never shown)."""
+    if not os.environ.get("KIE_CALLBACK_URL"):
+        return {}
+    secret = dg.EnvVar("KIE_CALLBACK_SECRET") if os.environ.get("KIE_CALLBACK_SECRET") else None
+    return {"callback_url": dg.EnvVar("KIE_CALLBACK_URL"), "callback_secret": secret}
 
 
 def build_definitions() -> dg.Definitions:

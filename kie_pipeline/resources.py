@@ -1,7 +1,6 @@
 """Dagster resources: the Kie API client (KieResource), the store (StoreResource) and the dataset
 (DatasetResource: the manifest and the store)."""
 
-import json
 import os
 import tempfile
 from typing import Any
@@ -18,6 +17,7 @@ from kie_pipeline.client import (
     RateLimits,
     RetryPolicy,
 )
+from kie_pipeline.pipeline.callbacks import CallbackSettings
 from kie_pipeline.pipeline.store import TaskStore
 
 MISSING_KEY_HELP = (
@@ -68,12 +68,34 @@ class KieResource(dg.ConfigurableResource):
         description="The kie_account asset's check warns when the balance is below this many credits "
         "(KIE_LOW_BALANCE in the environment-built definitions).",
     )
+    callback_url: str | None = Field(
+        default=None,
+        description="Public base URL of the callback receiver (`kie-pipeline receiver`); None: poll only.",
+    )
+    callback_secret: str | None = Field(
+        default=None,
+        repr=False,
+        description="Secret of the callback URLs' tokens; set with EnvVar('KIE_CALLBACK_SECRET'), the "
+        "same value the receiver runs with.",
+    )
     rate_limit_dir: str | None = Field(
         default="",
         description="Folder of the rate-limit windows shared by every run on this machine; empty: "
         "kie-pipeline/ in this machine's temporary folder (resolved when a run starts); None: per "
         "process. Across machines, give each one a share: limits.create_limit = 20 / machines.",
     )
+
+    def callback_settings(self) -> CallbackSettings | None:
+        """Where Kie sends this run's callbacks, or None when no receiver is configured."""
+        if not self.callback_url:
+            return None
+        if not self.callback_secret:
+            raise dg.Failure(
+                description="callback_url is set but not callback_secret: set KIE_CALLBACK_SECRET to the "
+                "secret the receiver runs with (see the README, Callbacks).",
+                allow_retries=False,
+            )
+        return CallbackSettings(self.callback_url, self.callback_secret)
 
     def get_client(self) -> AsyncKieClient:
         """A new async client (use it as ``async with resource.get_client() as client``)."""
@@ -151,32 +173,3 @@ class DatasetResource(dg.ConfigurableResource):
 def local_or_url(value: str) -> str:
     """Local paths become absolute (runs may start in another directory); URLs stay as they are."""
     return value if "://" in value else os.path.abspath(value)
-
-
-def parse_store_options(text: str) -> dict[str, Any]:
-    """The store's fsspec options from ``KIE_STORE_OPTIONS``: a JSON object ('' means none).
-
-    Raises ValueError naming the variable when ``text`` is not a JSON object. The value itself is not
-    echoed: a misused variable could hold a secret.
-    """
-    if not text.strip():
-        return {}
-    example = """KIE_STORE_OPTIONS='{"endpoint_url": "https://s3.example.com"}'"""
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"KIE_STORE_OPTIONS is not valid JSON ({exc}); set a JSON object, e.g. {example}."
-        ) from None
-    if not isinstance(options, dict):
-        raise ValueError(
-            f"KIE_STORE_OPTIONS must be a JSON object of fsspec options, not {_json_kind(options)};"
-            f" e.g. {example}."
-        )
-    return options
-
-
-def _json_kind(value: object) -> str:
-    """What a decoded JSON value is, in JSON's words ("an array", "a string", ...)."""
-    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
-    return "null" if value is None else kinds.get(type(value), "a JSON value")

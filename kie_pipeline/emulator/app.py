@@ -15,7 +15,10 @@ and download-url refuses them with code 404.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import math
 import time
 from typing import Any
@@ -213,25 +216,49 @@ def _base(request: Request) -> str:
 
 
 async def _send_callback(emu: Emulator, task: Task, url: str, base_url: str) -> None:
-    """POST the final record to callBackUrl, as Kie does: 15 s timeout, up to 3 attempts."""
+    """POST the final record to callBackUrl, as Kie does: 15 s timeout, up to 3 attempts, signed
+    when the account has a webhook key; the ``callback_*`` switches lose, repeat or mis-sign it."""
     if task.stuck:
         return
     # asyncio may wake a hair early: wait until the task really is terminal.
     while task.state_at(time.monotonic()) not in ("success", "fail"):
         await asyncio.sleep(max(0.005, task.completed_at() - time.monotonic()))
+    if emu.config.callback_delay > 0:
+        await asyncio.sleep(emu.config.callback_delay)
+    if emu.draw_callback_lost():
+        return
     # Callbacks carry Kie's credit figures (recordInfo only when credits_in_record is on).
     record = {**emu.record(task, base_url), **emu.credit_fields(task)}
     payload = {"code": 200 if record["state"] == "success" else 501, "msg": "success", "data": record}
+    faults = emu.config.faults
     async with httpx.AsyncClient(timeout=15) as client:
-        for _ in range(3):
-            try:
-                response = await client.post(url, json=payload)
-                if response.status_code < 300:
-                    task.callback_sent = True
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(1)
+        for _ in range(1 + max(0, faults.callback_duplicates)):
+            await _deliver(client, emu, task, url, payload)
+
+
+async def _deliver(
+    client: httpx.AsyncClient, emu: Emulator, task: Task, url: str, payload: dict[str, Any]
+) -> None:
+    """One delivery: up to 3 attempts, 1 s apart, until the receiver answers 2xx."""
+    key = emu.config.webhook_key
+    for _ in range(3):
+        headers = {}
+        if key:
+            stamp = int(time.time())
+            signing_key = key + "-wrong" if emu.config.faults.callback_bad_signature else key
+            mac = hmac.new(signing_key.encode(), f"{task.task_id}.{stamp}".encode(), hashlib.sha256)
+            headers = {
+                "X-Webhook-Timestamp": str(stamp),
+                "X-Webhook-Signature": base64.b64encode(mac.digest()).decode(),
+            }
+        try:
+            response = await client.post(url, json=payload, headers=headers)
+            if response.status_code < 300:
+                task.callback_sent = True
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(1)
 
 
 _FORCED_MESSAGES = {

@@ -43,6 +43,12 @@ class Faults:
     lost_answer_mode: Literal["drop", "hold"] = "drop"
     #: The next ``lost_answer_count`` createTask requests that create a task lose their answer.
     lost_answer_count: int = 0
+    #: Fraction of tasks whose callback is never sent (the receiver must not be the only way to end).
+    callback_lost: float = 0.0
+    #: Extra deliveries of each callback (Kie: "the same taskId can arrive more than once").
+    callback_duplicates: int = 0
+    #: Sign callbacks with a wrong key (the receiver must refuse them).
+    callback_bad_signature: bool = False
 
 
 _KIE_LIMITS = RateLimits()
@@ -79,6 +85,10 @@ class EmulatorConfig:
     credits_in_record: bool = False
     #: Serve result files as a stream without Content-Length (chunked), to exercise streaming caps.
     chunked_files: bool = False
+    #: The account's webhook HMAC key: callbacks then carry X-Webhook-Timestamp / X-Webhook-Signature.
+    webhook_key: str | None = None
+    #: Seconds between a task's end and its callback.
+    callback_delay: float = 0.0
     #: Seconds an uploaded file is served after its upload (Kie deletes uploads after 3 days).
     upload_retention: float = UPLOAD_RETENTION_S
     #: The key of the uploaded file's URL in upload answers: "downloadUrl" (Kie's endpoint pages) or

@@ -247,6 +247,15 @@ class Emulator:
             self.stats.faults["lost_answer"] += 1
             return f.lost_answer_mode
 
+    def draw_callback_lost(self) -> bool:
+        """Whether this task's callback is to be lost (the ``callback_lost`` fraction, seeded)."""
+        f = self.config.faults
+        with self.lock:
+            lost = f.callback_lost > 0 and self._fault_rng.random() < f.callback_lost
+            if lost:
+                self.stats.faults["callback_lost"] += 1
+            return lost
+
     def draw_fault(self) -> str | int | None:
         """Pick at most one fault for a request: a forced code, or one by the configured fractions."""
         f = self.config.faults

@@ -43,9 +43,11 @@ from kie_pipeline.client import (
     estimate_credits,
 )
 
+from .callbacks import CallbackBox, CallbackSettings, CallbackWaiter
 from .lease import RowLease, RowLeaseHeld, batch_lease
 from .planning import CreditBudget, RowAction, copy_uris, estimate_plan, plan_rows, row_credits, shortfall
 from .record import (
+    MAYBE_PAID,
     FailCode,
     KieOutcome,
     RecordStatus,
@@ -131,6 +133,8 @@ class BatchSummary:
     credits_unpriced_rows: int = 0
     recovered_records: int = 0
     adopted: int = 0
+    #: Rows whose createTask answer was lost and whose task id a callback delivered.
+    found_by_callback: int = 0
     fail_codes: Counter[str] = field(default_factory=Counter)
     stop_reason: str | None = None
     #: Tasks created whose record could not be written: {id, request_key, task_id, ...}.
@@ -168,9 +172,14 @@ class _Batch:
         waiter: Waiter,
         max_credits: float | None = None,
         balance: float | None = None,
+        callbacks: CallbackSettings | None = None,
     ) -> None:
         self.client = client
         self.waiter = waiter
+        self.callbacks = callbacks
+        self.box = CallbackBox(store)
+        #: One task per created or resumed row, waiting for it and copying its results.
+        self.waiters: list[asyncio.Task[None]] = []
         self.store = store
         self.uploads = Uploader(client, store)
         self.submitters = submitters
@@ -375,12 +384,23 @@ class _Batch:
         self, row: dict[str, Any], rec: RequestRecord, previous: RequestRecord | None
     ) -> RequestRecord | None:
         try:
+            callback_url = self.callbacks.url_for(rec.key) if self.callbacks else None
             task_id = await self.client.create_task(
-                row["model"], swap_refs(rec.input, rec.uploaded), validate=False
+                row["model"], swap_refs(rec.input, rec.uploaded), validate=False, callback_url=callback_url
             )
         except KieCreateUncertainError as exc:
             rec.status, rec.error = RecordStatus.UNCERTAIN, str(exc)
             rec.uncertain.append({"at": _now(), "reason": exc.reason})
+            if self.callbacks:
+                # If Kie did create the task, its callback names this row: wait for it (in its own
+                # task, so submissions go on) instead of leaving the row to be paid for again.
+                self.progress(
+                    f"Row {row['id']!r} (request key {row['request_key']}): createTask's answer was "
+                    f"lost ({exc.reason}); waiting for the task's callback before calling it uncertain."
+                )
+                await self._save_quietly(rec)
+                self.waiters.append(asyncio.create_task(self._found_by_callback(row, rec, str(exc))))
+                return None
             self.progress(
                 f"Row {row['id']!r} (request key {row['request_key']}): createTask's answer was lost "
                 f"({exc.reason}); Kie may have created the task. Not retried in this run; the next run "
@@ -416,6 +436,34 @@ class _Batch:
             await self._unrecorded(row, rec, exc)
             return None
         return rec
+
+    async def _found_by_callback(self, row: dict[str, Any], rec: RequestRecord, why: str) -> None:
+        """A createTask whose answer was lost, with callbacks on: adopt the task its callback names,
+        or settle the row uncertain when none arrives within the wait timeout."""
+        assert isinstance(self.waiter, CallbackWaiter)
+        timeout = self.wait_timeout if self.wait_timeout is not None else self.client.poll.timeout_s
+        task_id = await self.waiter.task_id_for(rec.key, known=rec.history(), timeout=timeout)
+        if task_id is None:
+            self.progress(
+                f"Row {row['id']!r} (request key {row['request_key']}): no callback within {timeout:.0f} s; "
+                "the row is uncertain and the next run submits it again (it may pay twice)."
+            )
+            self.settle(row, rec, Outcome.UNCERTAIN, FailCode.UNCERTAIN, why, transient=True)
+            return
+        rec.task_id, rec.status, rec.submitted_at = task_id, RecordStatus.SUBMITTED, _now()
+        rec.adopted_from = "callback"
+        estimate = estimate_credits(row["model"], rec.input, self.prices)
+        rec.credits, rec.credits_source = estimate, "estimate" if estimate is not None else None
+        self.summary.created += 1
+        self.summary.found_by_callback += 1
+        self.created_keys.add(rec.key)
+        self.progress(f"Row {row['id']!r}: its callback named task {task_id}; no new task is created.")
+        try:
+            self.save_now(rec)
+        except OSError as exc:
+            await self._unrecorded(row, rec, exc)
+            return
+        await self.finish(row, rec, first_delay=0)
 
     async def _unrecorded(self, row: dict[str, Any], rec: RequestRecord, exc: OSError) -> None:
         """A created task whose record could not be written: never let its id live only in memory."""
@@ -453,7 +501,9 @@ class _Batch:
     async def _finish(self, row: dict[str, Any], rec: RequestRecord, *, first_delay: float | None) -> None:
         assert rec.task_id is not None
         try:
-            final = await self.waiter.wait(rec.task_id, timeout=self.wait_timeout, first_delay=first_delay)
+            final = await self.waiter.wait(
+                rec.task_id, key=rec.key, timeout=self.wait_timeout, first_delay=first_delay
+            )
         except KieTaskTimeoutError as exc:
             rec.status, rec.error, rec.kie = RecordStatus.TIMEOUT, str(exc), KieOutcome(state=exc.last_state)
             await self._save_quietly(rec)
@@ -648,7 +698,8 @@ class _Batch:
         on_disk = await asyncio.to_thread(lambda: {u for u in done_uris if self.store.exists(u)})
         resume, create = self._plan(rows, existing, on_disk)
         reporter = asyncio.create_task(self._report_progress(len(rows), progress_interval, started))
-        waiters = [asyncio.create_task(self.finish(row, rec, first_delay=0)) for row, rec in resume]
+        waiters = self.waiters
+        waiters.extend(asyncio.create_task(self.finish(row, rec, first_delay=0)) for row, rec in resume)
         pending = iter(create)
 
         async def submitter() -> None:
@@ -662,7 +713,8 @@ class _Batch:
         try:
             await asyncio.gather(*(submitter() for _ in range(self.submitters)))
             # Whatever stopped submissions, every task already created is waited for and recorded.
-            await asyncio.gather(*waiters)
+            while waiters:  # a waiter may add another (a task found by its callback)
+                await waiters.pop(0)
         finally:
             reporter.cancel()
         if self.adopted_keys:
@@ -684,6 +736,31 @@ class _Batch:
                 )
                 await self._save_quietly(fixed)
                 existing[key] = fixed
+        for row in rows:
+            key = row["request_key"]
+            rec = existing.get(key)
+            if rec is None or rec.status not in MAYBE_PAID:
+                continue
+            # A createTask whose answer was lost, or a run killed during it: a callback may have
+            # delivered the task id since. Then that task is this row's, and nothing is created.
+            delivered = await asyncio.to_thread(self.box.task_ids, key)
+            fresh = [t for t in delivered if t not in rec.history()]
+            if fresh:
+                adopted = RequestRecord.for_row(
+                    row,
+                    rec,
+                    RecordStatus.SUBMITTED,
+                    task_id=fresh[0],
+                    submitted_at=_now(),
+                    adopted_from="callback",
+                )
+                self.summary.adopted += 1
+                self.progress(
+                    f"Row {row['id']!r}: adopting task {fresh[0]}, whose callback arrived after an earlier "
+                    "run lost createTask's answer (no new task is created)."
+                )
+                await self._save_quietly(adopted)
+                existing[key] = adopted
         fallback = await asyncio.to_thread(load_unrecorded, self.store)
         for row in rows:
             key = row["request_key"]
@@ -791,6 +868,7 @@ async def generate_batch(
     waiter: Waiter | None = None,
     max_credits: float | None = None,
     balance: float | None = None,
+    callbacks: CallbackSettings | None = None,
 ) -> tuple[pd.DataFrame, BatchSummary]:
     """Generate every row of a validated manifest slice; return one result row per result.
 
@@ -821,7 +899,8 @@ async def generate_batch(
         progress=progress,
         max_credits=max_credits,
         balance=balance,
-        waiter=waiter or PollingWaiter(client),
+        waiter=waiter or (CallbackWaiter(client, CallbackBox(store)) if callbacks else PollingWaiter(client)),
+        callbacks=callbacks,
     )
     rows = manifest_rows.to_dict("records")
     started = time.monotonic()
