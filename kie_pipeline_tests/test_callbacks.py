@@ -129,6 +129,17 @@ def test_with_callbacks_rows_finish_without_polling(signed, receiver, store, n) 
     assert httpx.get(f"{receiver.url}/receiver/stats").json()["accepted"] == n
 
 
+def test_repeated_callbacks_change_nothing(signed, receiver, store) -> None:
+    """Kie may deliver a task's callback more than once: each row still has one task and one copy."""
+    signed.config.faults.callback_duplicates = 2
+    out, summary, usage = _generate(signed, store, _rows(2), fallback_s=30, receiver=receiver)
+    assert summary.succeeded == 2 and usage.polls == 0 and signed.emulator.snapshot()["created"] == 2
+    stats = httpx.get(f"{receiver.url}/receiver/stats").json()
+    assert (stats["accepted"], stats["duplicates"]) == (2, 4)
+    for key in out["request_key"]:
+        assert CallbackBox(store).task_ids(key) == out.loc[out["request_key"] == key, "task_id"].tolist()
+
+
 def test_a_lost_callback_is_covered_by_the_fallback_poll(signed, receiver, store) -> None:
     signed.config.faults.callback_lost = 1.0
     _out, summary, usage = _generate(signed, store, _rows(3), fallback_s=0.3, receiver=receiver)
