@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from .download import fetch as _fetch
+from .download import size_cap
 from .errors import (
     KieCreateUncertainError,
     KieError,
@@ -30,7 +31,7 @@ from .errors import (
 from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord, UploadedFile
 from .options import PollPolicy, RateLimits, RetryPolicy
 from .ratelimit import SharedSlidingWindowLimiter, SlidingWindowLimiter, shared_limiter_path
-from .registry import validate_input
+from .registry import MediaType, validate_input
 from .transport import created_task_id, retrying, transport_error, unwrap_response
 from .upload import (
     DEFAULT_UPLOAD_FOLDER,
@@ -343,17 +344,22 @@ class AsyncKieClient:
         data = await self._call("POST", "/api/v1/common/download-url", "download-url", json={"url": url})
         return str(data)
 
-    async def fetch(self, url: str, *, max_bytes: int | None = None) -> FetchedFile:
+    async def fetch(
+        self, url: str, *, max_bytes: int | None = None, media: MediaType | str = MediaType.IMAGE
+    ) -> FetchedFile:
         """Download ``url`` into memory (capped, type-checked), retrying transport errors and 5xx.
+
+        ``media`` is what the result should be (the model's ``ModelSpec.media``): its content types
+        are accepted, and the cap is at least the media type's (see :func:`.download.size_cap`).
 
         A 403/404/410 (an expired link) raises :class:`~kie_pipeline.client.errors.KieDownloadError`
         at once, with its ``status``: ask :meth:`get_download_url` for a fresh link.
         """
-        cap = self.max_download_bytes if max_bytes is None else max_bytes
+        cap = size_cap(media, self.max_download_bytes) if max_bytes is None else max_bytes
         async with self._download_slots:
             async for attempt in retrying(self.retry, functools.partial(self._on_retry, "download")):
                 with attempt:
-                    fetched = await _fetch(self._files, url, max_bytes=cap)
+                    fetched = await _fetch(self._files, url, max_bytes=cap, media=media)
         self.usage.downloads += 1
         self.usage.bytes_downloaded += len(fetched.data)
         return fetched

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kie_pipeline.client.errors import KieValidationError
 from kie_pipeline.client.registry import MODELS
 
-from .render import render
+from .render import render, render_media
 from .state import Emulator, Task
 from .uploads import upload_routes
 
@@ -163,20 +163,28 @@ def build_app(emu: Emulator) -> Starlette:
             return Response("Not Found", status_code=404, media_type="text/plain")
         out = task.output
         fmt = out.format
-        data = await asyncio.to_thread(
-            render,
-            task.task_id,
-            str(task.input.get("prompt", "")),
-            out.aspect_ratio,
-            out.resolution,
-            fmt,
-            emu.config.render_scale,
-            entry.index,
-        )
+        spec = MODELS.get(task.model)
+        if spec is not None and spec.media != "image":
+            # Video and audio models: a small real clip (see render_media), whatever the URL's extension.
+            seed = task.task_id if entry.index == 0 else f"{task.task_id}#{entry.index}"
+            data, media_type, _ = await asyncio.to_thread(
+                render_media, spec.media.value, seed, str(task.input.get("prompt", ""))
+            )
+        else:
+            data = await asyncio.to_thread(
+                render,
+                task.task_id,
+                str(task.input.get("prompt", "")),
+                out.aspect_ratio,
+                out.resolution,
+                fmt,
+                emu.config.render_scale,
+                entry.index,
+            )
+            media_type = "image/jpeg" if fmt == "jpg" else "image/png"
         emu.stats.downloads += 1
         if "authorization" in request.headers:
             emu.stats.downloads_with_auth += 1
-        media_type = "image/jpeg" if fmt == "jpg" else "image/png"
         if emu.config.chunked_files:
             # No Content-Length: the client can only enforce its size cap while streaming.
             chunks = [data[i : i + FILE_CHUNK] for i in range(0, len(data), FILE_CHUNK)]

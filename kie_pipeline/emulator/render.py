@@ -58,3 +58,75 @@ def render(
     else:
         img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+#: Seconds of the emulator's video and audio results: long enough to probe, small enough to be quick.
+MEDIA_SECONDS = 0.5
+_VIDEO_SIZE = (64, 48)
+_VIDEO_FPS = 10
+_AUDIO_RATE = 22_050
+
+
+@lru_cache(maxsize=64)
+def render_media(
+    media_type: str, seed: str, prompt: str = "", *, seconds: float = MEDIA_SECONDS
+) -> tuple[bytes, str, str]:
+    """A small real media file for ``seed`` (a task id and result index): ``(data, content_type, ext)``.
+
+    ``media_type`` is a :class:`~kie_pipeline.client.registry.MediaType` value. Images are the
+    default 1K-scaled render; video is H.264 in MP4 (what Veo and Runway return; 64x48, 10 fps);
+    audio is MP3 (what Suno returns), mono 22.05 kHz, a tone whose pitch comes from ``seed``. Both
+    are encoded by PyAV's bundled FFmpeg (libx264, libmp3lame), so the pipeline probes real files.
+    """
+    digest = hashlib.sha256(seed.encode()).digest()
+    if media_type == "image":
+        return render(seed, prompt, "1:1", "1K", "png", 0.0625), "image/png", "png"
+    if media_type == "video":
+        return _video(digest, seconds), "video/mp4", "mp4"
+    if media_type == "audio":
+        return _audio(digest, seconds), "audio/mpeg", "mp3"
+    raise ValueError(f"unknown media type {media_type!r}")
+
+
+def _video(digest: bytes, seconds: float) -> bytes:
+    import av  # PyAV: imported here so image-only emulators never load FFmpeg
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=_VIDEO_FPS)
+        stream.width, stream.height = _VIDEO_SIZE
+        stream.pix_fmt = "yuv420p"
+        start = tuple(40 + b % 150 for b in digest[:3])
+        frames = max(1, round(seconds * _VIDEO_FPS))
+        for i in range(frames):
+            # A colour that drifts frame by frame, so the frames differ and the file is a real clip.
+            colour = tuple((c + 12 * i) % 256 for c in start)
+            frame = av.VideoFrame.from_image(Image.new("RGB", _VIDEO_SIZE, colour))
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def _audio(digest: bytes, seconds: float) -> bytes:
+    import math
+
+    import av
+    import numpy as np
+
+    pitch = 220 + digest[0] * 2
+    count = round(seconds * _AUDIO_RATE)
+    t = np.arange(count, dtype=np.float32) / _AUDIO_RATE
+    wave = (0.4 * np.sin(2 * math.pi * pitch * t)).astype(np.float32).reshape(1, -1)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=_AUDIO_RATE)
+        stream.layout = "mono"
+        frame_size = 1152  # one MP3 frame's samples
+        for start in range(0, count, frame_size):
+            chunk = np.ascontiguousarray(wave[:, start : start + frame_size])
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+            frame.sample_rate = _AUDIO_RATE
+            frame.pts = start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()

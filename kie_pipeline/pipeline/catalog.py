@@ -1,4 +1,5 @@
-"""The image catalog: typed result tables, their schema, and small thumbnail previews."""
+"""The catalog: typed result tables, their schema, and small thumbnail previews (images, video
+frames, audio waveforms)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import io
 from collections.abc import Iterable
 
 import pandas as pd
-from PIL import Image
 
+from .media import MIME_BY_EXT, thumbnail
 from .schema import CATALOG_DTYPES
 from .store import TaskStore
 
@@ -17,6 +18,11 @@ from .store import TaskStore
 def typed(df: pd.DataFrame) -> pd.DataFrame:
     """Give the catalog columns stable dtypes (so every partition table has the same schema)."""
     out = df.copy()
+    if "media_type" not in out.columns:
+        # Result tables written before video and audio hold images only.
+        out["media_type"] = "image"
+    if "mime_type" not in out.columns and "format" in out.columns:
+        out["mime_type"] = out["format"].map(MIME_BY_EXT, na_action="ignore")
     for col, dtype in CATALOG_DTYPES.items():
         if col not in out.columns:
             out[col] = pd.Series([None] * len(out), dtype="object")
@@ -51,24 +57,29 @@ def build_catalog(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
 
 
 def thumbnail_markdown(store: TaskStore, rows: pd.DataFrame, *, limit: int = 6, size: int = 96) -> str:
-    """A markdown gallery of a few small inline thumbnails (JPEG data URIs), with ids and prompts."""
+    """A markdown gallery of a few small inline thumbnails (JPEG data URIs), with ids and prompts.
+
+    An image is shown itself, a video by its first frame, an audio file by its waveform.
+    """
     ok = rows[rows["state"] == "success"].head(limit)
     if ok.empty:
-        return "_no images yet_"
+        return "_no results yet_"
     cells = []
     for row in ok.itertuples():
+        media = getattr(row, "media_type", None)
+        media = "image" if pd.isna(media) else str(media)
         try:
-            with Image.open(io.BytesIO(store.read_bytes(row.image_uri))) as img:
-                img = img.convert("RGB")
-                img.thumbnail((size, size))
-                buf = io.BytesIO()
-                img.save(buf, format="JPEG", quality=70)
+            img = thumbnail(store.read_bytes(row.image_uri), media, size)
         except OSError:
             continue
+        if img is None:
+            continue
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=70)
         data = base64.b64encode(buf.getvalue()).decode()
         prompt = str(row.prompt).replace("|", "/").replace("\n", " ")[:60]
-        cells.append(f"| ![{row.id}](data:image/jpeg;base64,{data}) | `{row.id}` | {prompt} |")
-    return "| image | id | prompt |\n|---|---|---|\n" + "\n".join(cells)
+        cells.append(f"| ![{row.id}](data:image/jpeg;base64,{data}) | `{row.id}` | {media} | {prompt} |")
+    return "| preview | id | media | prompt |\n|---|---|---|---|\n" + "\n".join(cells)
 
 
 def _label(row: object) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import os
@@ -25,7 +24,6 @@ from enum import Enum
 from typing import Any
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from kie_pipeline.client import (
     AsyncKieClient,
@@ -36,6 +34,7 @@ from kie_pipeline.client import (
     KieInsufficientCreditsError,
     KieNotFoundError,
     KieTaskTimeoutError,
+    MediaType,
     PollingWaiter,
     TaskRecord,
     TaskState,
@@ -45,6 +44,7 @@ from kie_pipeline.client import (
 
 from .callbacks import CallbackBox, CallbackSettings, CallbackWaiter
 from .lease import RowLease, RowLeaseHeld, batch_lease
+from .media import MIME_BY_EXT, MediaError, media_of, probe
 from .planning import CreditBudget, RowAction, copy_uris, estimate_plan, plan_rows, row_credits, shortfall
 from .record import (
     MAYBE_PAID,
@@ -63,7 +63,21 @@ log = logging.getLogger(__name__)
 
 #: Result-link statuses that mean "expired": ask download-url for a fresh link.
 EXPIRED_STATUSES = (403, 404, 410)
-_FORMAT_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+
+
+def result_meta(final: TaskRecord, index: int) -> dict[str, Any]:
+    """Kie's metadata of result ``index`` (a track's title and tags), where its family's decoder
+    gives it: ``TaskRecord.result_meta``, one dict per result URL (optional; absent: {})."""
+    meta = getattr(final, "result_meta", None) or []
+    entry = meta[index] if index < len(meta) else None
+    return entry if isinstance(entry, dict) else {}
+
+
+def _text_or_none(value: Any) -> str | None:
+    if value in (None, "", []):
+        return None
+    # Tags come as a comma-separated string from Suno; a list is joined the same way.
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 class Outcome(Enum):
@@ -541,10 +555,10 @@ class _Batch:
             return
         await self.download(row, rec, final)
 
-    async def _fetch_result(self, url: str) -> tuple[bytes, str] | None:
+    async def _fetch_result(self, url: str, media: MediaType) -> tuple[bytes, str] | None:
         """The bytes and sha256 of one result; None when it is gone for good (past retention)."""
         try:
-            fetched = await self.client.fetch(url)
+            fetched = await self.client.fetch(url, media=media)
         except KieDownloadError as exc:
             if exc.status not in EXPIRED_STATUSES:
                 raise
@@ -557,29 +571,45 @@ class _Batch:
                 return None  # Kie refuses a fresh link: the file is past its retention.
             self.summary.expired_links_refreshed += 1
             # Kie vouched for the file with a fresh link: if that fails, retry on the next run.
-            fetched = await self.client.fetch(fresh)
+            fetched = await self.client.fetch(fresh, media=media)
         return fetched.data, fetched.sha256
 
-    async def _copy(self, row: dict[str, Any], index: int, url: str) -> ResultCopy | None:
+    async def _copy(
+        self, row: dict[str, Any], index: int, url: str, meta: Mapping[str, Any] | None = None
+    ) -> ResultCopy | None:
         """Download result ``index`` and write its durable copy; None when it has expired.
 
-        Raises KieError when the download fails (retry on the next run), OSError when the store
-        cannot be written.
+        The file is probed as the model's media type (Pillow for images, PyAV for video and
+        audio), and its extension follows the detected container. ``meta`` is Kie's metadata of
+        this result (title, tags). Raises KieError when the download fails or the file is not of
+        that media type (retry on the next run), OSError when the store cannot be written.
         """
-        got = await self._fetch_result(url)
+        media = media_of(row["model"]) or MediaType.IMAGE
+        got = await self._fetch_result(url, media)
         if got is None:
             return None
         data, sha = got
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height, fmt = img.width, img.height, img.format or ""
-        except (UnidentifiedImageError, OSError) as exc:
-            raise KieDownloadError(f"Result {index} is not a readable image.") from exc
-        ext = _FORMAT_EXT.get(fmt.upper(), row.get("output_format") or "bin")
+            info = await asyncio.to_thread(probe, data, media)
+        except MediaError as exc:
+            raise KieDownloadError(f"Result {index} is not a readable {media} file: {exc}.") from exc
         name = row["request_key"] if index == 0 else f"{row['request_key']}-{index}"
-        uri = self.store.image_uri(name, ext)
+        uri = self.store.image_uri(name, info.ext)
         await asyncio.to_thread(self.store.write_bytes, uri, data)
-        return ResultCopy(uri=uri, sha256=sha, bytes=len(data), width=width, height=height, format=ext)
+        meta = meta or {}
+        return ResultCopy(
+            uri=uri,
+            sha256=sha,
+            bytes=len(data),
+            width=info.width,
+            height=info.height,
+            format=info.ext,
+            media_type=info.media_type.value,
+            mime_type=info.mime_type,
+            duration_s=info.duration_s,
+            title=_text_or_none(meta.get("title")),
+            tags=_text_or_none(meta.get("tags")),
+        )
 
     async def download(self, row: dict[str, Any], rec: RequestRecord, final: TaskRecord) -> None:
         """Copy every result of a finished task (those an earlier run copied are kept)."""
@@ -594,7 +624,7 @@ class _Batch:
             for index, url in enumerate(urls):
                 if on_disk[index]:
                     continue
-                image = await self._copy(row, index, url)
+                image = await self._copy(row, index, url, result_meta(final, index))
                 if image is None:
                     await self._expired(row, rec, f"result {index} of task {rec.task_id} has expired")
                     return
@@ -832,14 +862,22 @@ def result_row(
         image_input=row.get("image_input"),
         result_urls=json.dumps(urls),
     )
+    media = media_of(row["model"])
+    out["media_type"] = media.value if media else None
     if image is not None:
         out.update(
+            media_type=image.media_type,
             image_uri=image.uri,
             sha256=image.sha256,
             bytes=image.bytes,
             width=image.width,
             height=image.height,
+            duration_s=image.duration_s,
             format=image.format,
+            # Copies recorded before MIME types: from the extension, which came from the contents.
+            mime_type=image.mime_type or MIME_BY_EXT.get(str(image.format)),
+            title=image.title,
+            tags=image.tags,
         )
     if index == 0 and rec is not None:
         # Credits belong to the task: on its first result only, so that sums are right.

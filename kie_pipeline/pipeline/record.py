@@ -78,6 +78,14 @@ class ResultCopy(BaseModel):
     width: int | None = None
     height: int | None = None
     format: str | None = None
+    #: Records written before video and audio hold images only: their copies default to "image".
+    media_type: str = "image"
+    #: None in older records: the catalog derives it from ``format``.
+    mime_type: str | None = None
+    duration_s: float | None = None
+    #: Per-result metadata Kie gives for music (Suno's title and tags).
+    title: str | None = None
+    tags: str | None = None
 
 
 class KieOutcome(BaseModel):

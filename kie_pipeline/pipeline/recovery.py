@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -21,8 +20,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from kie_pipeline.client import MediaType
 
+from .media import MediaError, media_of, probe
 from .record import RecordStatus, RequestRecord, ResultCopy
 from .store import TaskStore
 
@@ -86,21 +86,27 @@ def forget_unrecorded(store: TaskStore, keys: Iterable[str]) -> None:
     os.replace(tmp, path)
 
 
-def describe_copy(store: TaskStore, uri: str) -> ResultCopy | None:
-    """The durable copy found on disk at ``uri`` (hash, size, dimensions), or None."""
+def describe_copy(store: TaskStore, uri: str, media: MediaType | str | None = None) -> ResultCopy | None:
+    """The durable copy found on disk at ``uri`` (hash, size, media properties), or None.
+
+    ``media`` is the row's model's media type (None: whatever the file is), probed as generation
+    probes it, so a recovered copy has the same catalog fields as one written by a run.
+    """
     try:
         data = store.read_bytes(uri)
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.width, img.height
-    except (OSError, UnidentifiedImageError):
+        info = probe(data, media)
+    except (OSError, MediaError):
         return None
     return ResultCopy(
         uri=uri,
         sha256=hashlib.sha256(data).hexdigest(),
         bytes=len(data),
-        width=width,
-        height=height,
+        width=info.width,
+        height=info.height,
         format=uri.rsplit(".", 1)[-1],
+        media_type=info.media_type.value,
+        mime_type=info.mime_type,
+        duration_s=info.duration_s,
     )
 
 
@@ -113,7 +119,9 @@ def recover_record(store: TaskStore, row: dict[str, Any], damaged: RequestRecord
     - neither: ``uncertain`` (a task may have been paid for): the row is submitted again, and the
       run says it may pay twice.
     """
-    copies = [c for c in (describe_copy(store, u) for u in store.copies_of(row["request_key"])) if c]
+    media = media_of(row.get("model"))
+    found = (describe_copy(store, u, media) for u in store.copies_of(row["request_key"]))
+    copies = [c for c in found if c]
     if damaged.task_id:
         status = RecordStatus.SUBMITTED
     elif copies:

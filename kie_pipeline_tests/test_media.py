@@ -1,0 +1,248 @@
+"""Media beyond images: probes on real rendered files, download type checks, catalog columns, and
+video and audio rows end to end against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from kie_pipeline.client import KieDownloadError, PollingWaiter, TaskRecord
+from kie_pipeline.client.download import fetch, size_cap
+from kie_pipeline.client.registry import JOBS, MODELS, MediaType, ModelSpec, Output, Prompt, _Input
+from kie_pipeline.emulator import EmulatorServer
+from kie_pipeline.emulator.render import render_media
+from kie_pipeline.pipeline.catalog import build_catalog, thumbnail_markdown, typed
+from kie_pipeline.pipeline.generation import generate_batch, result_row
+from kie_pipeline.pipeline.manifest import validate_manifest
+from kie_pipeline.pipeline.media import MediaError, probe, thumbnail
+from kie_pipeline.pipeline.record import RecordStatus, RequestRecord
+from kie_pipeline.pipeline.recovery import describe_copy
+from kie_pipeline.pipeline.schema import CATALOG_DTYPES
+from kie_pipeline.pipeline.store import TaskStore
+
+from .conftest import make_client
+
+
+@pytest.fixture(scope="module")
+def clips() -> dict[str, bytes]:
+    """One real file of each media type, as the emulator serves them."""
+    return {m: render_media(m, "task-abc")[0] for m in ("image", "video", "audio")}
+
+
+def test_probe_reads_a_real_video(clips) -> None:
+    info = probe(clips["video"], MediaType.VIDEO)
+    assert (info.media_type, info.ext, info.mime_type) == (MediaType.VIDEO, "mp4", "video/mp4")
+    assert (info.width, info.height) == (64, 48)
+    assert info.duration_s == pytest.approx(0.5, abs=0.15)
+
+
+def test_probe_reads_a_real_audio_clip(clips) -> None:
+    info = probe(clips["audio"], MediaType.AUDIO)
+    assert (info.media_type, info.ext, info.mime_type) == (MediaType.AUDIO, "mp3", "audio/mpeg")
+    assert info.duration_s == pytest.approx(0.5, abs=0.15)
+    assert info.width is None and info.height is None
+
+
+def test_probe_detects_the_media_type_and_refuses_the_wrong_one(clips) -> None:
+    assert [probe(clips[m]).media_type for m in ("image", "video", "audio")] == ["image", "video", "audio"]
+    with pytest.raises(MediaError):
+        probe(clips["audio"], MediaType.VIDEO)
+    with pytest.raises(MediaError):
+        probe(clips["video"], MediaType.IMAGE)
+    with pytest.raises(MediaError):
+        probe(b"<html>not a file</html>", MediaType.AUDIO)
+
+
+def test_thumbnails_of_a_video_frame_and_an_audio_waveform(clips) -> None:
+    frame = thumbnail(clips["video"], "video", 32)
+    wave = thumbnail(clips["audio"], "audio", 32)
+    assert frame is not None and max(frame.size) <= 32
+    assert wave is not None and wave.size == (32, 16)
+    # The waveform is drawn: a tone leaves more than the background colour.
+    assert len(set(wave.getdata())) > 1
+    assert thumbnail(b"junk", "video") is None
+
+
+def _serve(ctype: str):
+    return httpx.MockTransport(
+        lambda request: httpx.Response(200, content=b"x" * 10, headers={"content-type": ctype})
+    )
+
+
+@pytest.mark.parametrize(
+    ("media", "ctype", "ok"),
+    [
+        ("image", "image/png", True),
+        ("image", "video/mp4", False),
+        ("video", "video/mp4", True),
+        ("video", "video/webm", True),
+        ("video", "image/png", False),
+        ("video", "audio/mpeg", False),
+        ("audio", "audio/mpeg", True),
+        ("audio", "audio/wav", True),
+        ("audio", "video/mp4", False),
+        ("audio", "text/html", False),
+        ("video", "application/octet-stream", True),
+        ("audio", "binary/octet-stream", True),
+    ],
+)
+def test_download_content_types_follow_the_media_type(media: str, ctype: str, ok: bool) -> None:
+    async def go():
+        async with httpx.AsyncClient(transport=_serve(ctype)) as http:
+            return await fetch(http, "https://files.example/r", max_bytes=100, media=media)
+
+    if ok:
+        assert asyncio.run(go()).data == b"x" * 10
+    else:
+        with pytest.raises(KieDownloadError, match=f"expected {media}"):
+            asyncio.run(go())
+
+
+def test_size_caps_follow_the_media_type() -> None:
+    cap = 50 * 1024 * 1024
+    assert size_cap("image", cap) == cap
+    assert size_cap("video", cap) > size_cap("audio", cap) > cap
+    assert size_cap("video", 10**12) == 10**12  # a larger configured cap is kept
+
+
+def test_catalog_schema_has_the_media_columns() -> None:
+    expected = {
+        "media_type": "string",
+        "duration_s": "Float64",
+        "mime_type": "string",
+        "title": "string",
+        "tags": "string",
+        "width": "Int64",
+        "height": "Int64",
+    }
+    assert {k: CATALOG_DTYPES[k] for k in expected} == expected
+    empty = build_catalog([])
+    assert {c: str(empty[c].dtype) for c in expected} == expected
+
+
+def test_old_image_records_and_tables_still_load() -> None:
+    old = {
+        "key": "k",
+        "id": "a",
+        "batch": "b",
+        "model": "nano-banana-pro",
+        "status": "success",
+        "task_id": "t",
+        "image": {
+            "uri": "/s/images/k.png",
+            "sha256": "ab" * 32,
+            "bytes": 10,
+            "width": 2,
+            "height": 3,
+            "format": "png",
+        },
+    }
+    rec = RequestRecord.from_json(json.dumps(old))
+    assert rec.status is RecordStatus.SUCCESS and rec.images[0].media_type == "image"
+    row = {"id": "a", "batch": "b", "model": "nano-banana-pro", "prompt": "p", "request_key": "k"}
+    out = result_row(row, rec, 0, state="success")
+    assert (out["media_type"], out["mime_type"], out["duration_s"]) == ("image", "image/png", None)
+    # A result table written before media columns: its rows are images.
+    table = typed(
+        pd.DataFrame([{"id": "a", "batch": "b", "result_index": 0, "format": "jpg", "state": "success"}])
+    )
+    assert (table.loc[0, "media_type"], table.loc[0, "mime_type"]) == ("image", "image/jpeg")
+
+
+class _ClipInput(_Input):
+    prompt: Prompt(1000)
+
+
+@pytest.fixture
+def media_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, MediaType]:
+    """Test-only video and audio models on the jobs API (the emulator serves them real clips)."""
+    models = {"test/clip-video": MediaType.VIDEO, "test/clip-audio": MediaType.AUDIO}
+    for name, media in models.items():
+        fmt = "mp4" if media is MediaType.VIDEO else "mp3"
+        spec = ModelSpec(
+            name, JOBS, _ClipInput, media, {"prompt": "prompt"}, lambda _i, f=fmt: Output("1:1", "1K", f)
+        )
+        monkeypatch.setitem(MODELS, name, spec)
+    return models
+
+
+def test_video_audio_and_image_rows_end_to_end(emulator: EmulatorServer, tmp_path, media_models) -> None:
+    rows = validate_manifest(
+        pd.DataFrame(
+            [
+                {"id": "v", "model": "test/clip-video", "prompt": "a river"},
+                {"id": "a", "model": "test/clip-audio", "prompt": "a song"},
+                {"id": "i", "prompt": "a fox"},
+            ]
+        )
+    )
+    store = TaskStore(str(tmp_path / "store"))
+
+    async def go():
+        async with make_client(emulator) as client:
+            return await generate_batch(client, store, rows)
+
+    out, summary = asyncio.run(go())
+    assert summary.succeeded == 3
+    cat = build_catalog([out]).set_index("id")
+    assert cat.loc["v", "media_type"] == "video" and cat.loc["v", "mime_type"] == "video/mp4"
+    assert (cat.loc["v", "width"], cat.loc["v", "height"], cat.loc["v", "format"]) == (64, 48, "mp4")
+    assert cat.loc["v", "duration_s"] == pytest.approx(0.5, abs=0.15)
+    assert cat.loc["v", "image_uri"].endswith(".mp4")
+    assert cat.loc["a", "media_type"] == "audio" and cat.loc["a", "mime_type"] == "audio/mpeg"
+    assert cat.loc["a", "duration_s"] == pytest.approx(0.5, abs=0.15) and pd.isna(cat.loc["a", "width"])
+    assert cat.loc["a", "image_uri"].endswith(".mp3")
+    assert cat.loc["i", "media_type"] == "image" and cat.loc["i", "mime_type"] == "image/png"
+    assert pd.isna(cat.loc["i", "duration_s"])
+    # Recovery describes a copy the way generation did.
+    again = describe_copy(store, cat.loc["v", "image_uri"], "video")
+    assert again is not None and (again.media_type, again.width, again.duration_s) == (
+        "video",
+        64,
+        cat.loc["v", "duration_s"],
+    )
+    # The gallery previews every media type (a frame, a waveform, the image).
+    gallery = thumbnail_markdown(store, build_catalog([out]))
+    assert gallery.count("data:image/jpeg;base64,") == 3
+    assert "| video |" in gallery and "| audio |" in gallery
+
+
+def test_kie_metadata_of_a_track_lands_in_title_and_tags(
+    emulator: EmulatorServer, tmp_path, media_models
+) -> None:
+    """Per-result metadata on the final task record (``TaskRecord.result_meta``, as a family decoder
+    gives it for Suno's tracks) fills the catalog's title and tags."""
+
+    class MetaWaiter:
+        def __init__(self, inner: PollingWaiter) -> None:
+            self.inner = inner
+
+        async def wait(self, task_id: str, **kwargs: Any) -> TaskRecord:
+            final = await self.inner.wait(task_id, **kwargs)
+            meta = [{"title": "River Song", "tags": ["folk", "calm"]}]
+            return _with_meta(final, meta)
+
+    rows = validate_manifest(pd.DataFrame([{"id": "a", "model": "test/clip-audio", "prompt": "a song"}]))
+
+    async def go():
+        async with make_client(emulator) as client:
+            return await generate_batch(
+                client, TaskStore(str(tmp_path / "store")), rows, waiter=MetaWaiter(PollingWaiter(client))
+            )
+
+    out, _ = asyncio.run(go())
+    assert (out.loc[0, "title"], out.loc[0, "tags"]) == ("River Song", "folk, calm")
+
+
+def _with_meta(final: TaskRecord, meta: list[dict[str, Any]]) -> TaskRecord:
+    if any(f.name == "result_meta" for f in dataclasses.fields(final)):
+        return dataclasses.replace(final, result_meta=meta)
+    # Before the family decoders declare the field: the same record with the attribute set.
+    object.__setattr__(final, "result_meta", meta)
+    return final
