@@ -31,7 +31,7 @@ from .errors import (
 from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord, UploadedFile
 from .options import PollPolicy, RateLimits, RetryPolicy
 from .ratelimit import SharedSlidingWindowLimiter, SlidingWindowLimiter, shared_limiter_path
-from .registry import MediaType, validate_input
+from .registry import JOBS, MediaType, get_model, validate_input
 from .transport import created_task_id, retrying, transport_error, unwrap_response
 from .upload import (
     DEFAULT_UPLOAD_FOLDER,
@@ -219,7 +219,8 @@ class AsyncKieClient:
         callback_url: str | None = None,
         validate: bool = True,
     ) -> str:
-        """``POST /api/v1/jobs/createTask``; returns the task id. Validates ``input`` first.
+        """Create a task at ``model``'s family endpoint (``POST /api/v1/jobs/createTask`` for jobs
+        models); returns the task id. Validates ``input`` first.
 
         Kie has no idempotency key, so a createTask is retried only when Kie cannot have created the
         task: the connection was never made (connect error or timeout, pool timeout) or Kie answered
@@ -233,14 +234,14 @@ class AsyncKieClient:
         """
         if validate:
             input = validate_input(model, input)
-        body: dict[str, Any] = {"model": model, "input": input}
-        if callback_url:
-            body["callBackUrl"] = callback_url
+        # Each family has its own endpoint and body shape (jobs: {model, input}; others flat).
+        family = get_model(model).family
+        body = family.body(model, input, callback_url)
         try:
             data = await self._call(
                 "POST",
-                "/api/v1/jobs/createTask",
-                "createTask",
+                family.create_path,
+                "createTask" if family is JOBS else f"{family.name} generate",
                 limiter=self.create_limiter,
                 json=body,
                 idempotent=False,
@@ -265,32 +266,40 @@ class AsyncKieClient:
         except (KieError, TimeoutError):
             return None
 
-    async def get_task(self, task_id: str) -> TaskRecord:
-        """``GET /api/v1/jobs/recordInfo``: the task's current record, decoded."""
+    async def get_task(self, task_id: str, *, model: str | None = None) -> TaskRecord:
+        """The task's current record, decoded, from the status endpoint of ``model``'s family
+        (``GET /api/v1/jobs/recordInfo`` when ``model`` is None or a jobs model)."""
+        family = get_model(model).family if model else JOBS
         self.usage.polls += 1
         data = await self._call(
             "GET",
-            "/api/v1/jobs/recordInfo",
-            "recordInfo",
+            family.status_path,
+            "recordInfo" if family is JOBS else f"{family.name} record-info",
             limiter=self.poll_limiter,
             params={"taskId": task_id},
         )
-        return TaskRecord.from_api(data)
+        return family.decode(data)
 
     async def wait(
-        self, task_id: str, *, timeout: float | None = None, first_delay: float | None = None
+        self,
+        task_id: str,
+        *,
+        model: str | None = None,
+        timeout: float | None = None,
+        first_delay: float | None = None,
     ) -> TaskRecord:
         """Poll until the task is ``success`` or ``fail`` and return its final record.
 
-        Polls after ``first_delay`` (default ``poll.initial_s``), then backs off to ``poll.max_s``.
+        ``model`` picks the family's status endpoint (default: the jobs API). Polls after
+        ``first_delay`` (default ``poll.initial_s``), then backs off to ``poll.max_s``.
         Raises :class:`KieTaskTimeoutError` after ``timeout`` (default ``poll.timeout_s``) seconds.
         """
-        return await PollingWaiter(self).wait(task_id, timeout=timeout, first_delay=first_delay)
+        return await PollingWaiter(self).wait(task_id, model=model, timeout=timeout, first_delay=first_delay)
 
     async def run(self, model: str, input: dict[str, Any], *, timeout: float | None = None) -> TaskRecord:
         """Create a task and wait for its final record."""
         task_id = await self.create_task(model, input)
-        return await self.wait(task_id, timeout=timeout)
+        return await self.wait(task_id, model=model, timeout=timeout)
 
     async def get_credits(self) -> float:
         """``GET /api/v1/chat/credit``: the account's credit balance."""

@@ -19,9 +19,28 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import KieValidationError
+from .families import (
+    decode_4o_image,
+    decode_4o_image_callback,
+    decode_flux_kontext,
+    decode_flux_kontext_callback,
+    decode_jobs_callback,
+    flat_body,
+    jobs_body,
+)
 from .models import TaskRecord
 
 
@@ -66,16 +85,52 @@ class MediaType(StrEnum):
 
 @dataclass(frozen=True)
 class ApiFamily:
-    """One of Kie's APIs: where tasks are created and queried, and how its answers decode."""
+    """One of Kie's APIs: where tasks are created and queried, and how its answers decode.
+
+    The jobs API posts ``{model, input}``; the other families post their fields flat
+    (``{prompt, ..., callBackUrl}``), naming the model under ``model_key`` when they have several
+    (None: the family is one model). ``default_model`` is the model Kie picks when a flat body names
+    none (the emulator reads bodies that way, as Kie documents them).
+    """
 
     name: str
     create_path: str
     status_path: str
     decode: Callable[[Any], TaskRecord]
+    decode_callback: Callable[[Any], TaskRecord] = decode_jobs_callback
+    flat: bool = False
+    model_key: str | None = "model"
+    default_model: str | None = None
+
+    def body(self, model: str, input: Mapping[str, Any], callback_url: str | None = None) -> dict[str, Any]:
+        """The create call's JSON body for ``model`` with (validated) ``input``."""
+        if not self.flat:
+            return jobs_body(model, input, callback_url)
+        return flat_body(self.model_key)(model, input, callback_url)
+
+    def split_body(self, body: Mapping[str, Any]) -> tuple[str | None, Any]:
+        """The model and input a create body asks for (the inverse of :meth:`body`, callBackUrl aside)."""
+        if not self.flat:
+            return body.get("model"), body.get("input")
+        rest = {k: v for k, v in body.items() if k != "callBackUrl"}
+        model = rest.pop(self.model_key, None) if self.model_key else None
+        return model or self.default_model, rest
 
 
 #: The jobs ("market") API: ``POST /api/v1/jobs/createTask`` with ``{model, input}``.
 JOBS = ApiFamily("jobs", "/api/v1/jobs/createTask", "/api/v1/jobs/recordInfo", TaskRecord.from_api)
+#: 4o Image (GPT-Image-1): one model, flat body (kie-models.md section 1).
+GPT4O_IMAGE = ApiFamily(
+    "4o-image", "/api/v1/gpt4o-image/generate", "/api/v1/gpt4o-image/record-info", decode_4o_image,
+    decode_4o_image_callback, flat=True, model_key=None, default_model="gpt4o-image",
+)  # fmt: skip
+#: Flux Kontext: ``model`` flux-kontext-pro (Kie's default) or flux-kontext-max (section 2).
+FLUX_KONTEXT = ApiFamily(
+    "flux-kontext", "/api/v1/flux/kontext/generate", "/api/v1/flux/kontext/record-info",
+    decode_flux_kontext, decode_flux_kontext_callback, flat=True, default_model="flux-kontext-pro",
+)  # fmt: skip
+#: Every family, by name.
+FAMILIES = {f.name: f for f in (JOBS, GPT4O_IMAGE, FLUX_KONTEXT)}
 
 
 @dataclass(frozen=True)
@@ -221,6 +276,76 @@ class Flux2ImageInput(Flux2TextInput):
     aspect_ratio: Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "auto"] = "1:1"
 
 
+def _text_prompt() -> Any:
+    """A prompt Kie gives no length limit for: any non-blank text."""
+    return Annotated[str, Field(min_length=1), AfterValidator(_text)]
+
+
+def _one_url(value: Any) -> Any:
+    # The manifest's image_input column is a list; a field that takes one image accepts a list of one.
+    if isinstance(value, list) and len(value) == 1:
+        return value[0]
+    return value
+
+
+class Gpt4oImageInput(_Input):
+    """4o Image (``/api/v1/gpt4o-image/generate``, kie-models.md section 1): ``size`` is the only
+    required field; at least one of ``prompt`` and ``filesUrl``.
+
+    ``nVariants`` is in the 2025 schema and the current quickstart but not the current schema
+    (unconfirmed): accepted, and left out unless given (Kie's default is 1 result).
+    """
+
+    size: Literal["1:1", "3:2", "2:3"]
+    prompt: _text_prompt() | None = None
+    filesUrl: list[Url] | None = Field(default=None, min_length=1, max_length=5)
+    maskUrl: Url | None = None
+    nVariants: Literal[1, 2, 4] | None = None
+    isEnhance: bool = False
+    uploadCn: bool | None = None
+    enableFallback: bool = False
+    fallbackModel: Literal["GPT_IMAGE_1", "FLUX_MAX"] = "FLUX_MAX"
+    #: Deprecated single-image form of ``filesUrl``.
+    fileUrl: Url | None = None
+
+    @model_validator(mode="after")
+    def _prompt_or_files(self) -> Gpt4oImageInput:
+        if self.prompt is None and not self.filesUrl and self.fileUrl is None:
+            raise ValueError("prompt or filesUrl is required")
+        return self
+
+
+class FluxKontextInput(_Input):
+    """Flux Kontext (``/api/v1/flux/kontext/generate``, section 2); the model (pro or max) is the
+    registry entry. ``inputImage`` makes it an edit: ``safetyTolerance`` is then 0-2 (else 0-6), and
+    an omitted ``aspectRatio`` keeps the source's ratio (so it is filled with 16:9 only without one).
+    """
+
+    prompt: _text_prompt()
+    inputImage: Annotated[Url | None, BeforeValidator(_one_url)] = None
+    aspectRatio: Literal["21:9", "16:9", "4:3", "1:1", "3:4", "9:16"] | None = None
+    outputFormat: Literal["jpeg", "png"] = "jpeg"
+    enableTranslation: bool = True
+    promptUpsampling: bool = False
+    safetyTolerance: int = Field(default=2, ge=0, le=6)
+    uploadCn: bool | None = None
+    watermark: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _generate_ratio(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("inputImage") and data.get("aspectRatio") is None:
+            return {**data, "aspectRatio": "16:9"}
+        return data
+
+    @field_validator("safetyTolerance")
+    @classmethod
+    def _edit_tolerance(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("inputImage") and value > 2:
+            raise ValueError("should be 0-2 when editing (inputImage given)")
+        return value
+
+
 # -- what each model returns -------------------------------------------------------------------------
 
 
@@ -239,6 +364,15 @@ def _same_fields(inp: Mapping[str, Any]) -> Output:
 
 def _nano_banana(inp: Mapping[str, Any]) -> Output:
     return Output(_ratio(inp.get("image_size")), "1K", _fmt(inp.get("output_format")))
+
+
+def _gpt4o_image(inp: Mapping[str, Any]) -> Output:
+    return Output(str(inp["size"]), "1K", "png", int(inp.get("nVariants") or 1))
+
+
+def _flux_kontext(inp: Mapping[str, Any]) -> Output:
+    # An edit without aspectRatio keeps its source's ratio, which only Kie knows: square here.
+    return Output(_ratio(inp.get("aspectRatio")), "1K", _fmt(inp.get("outputFormat")))
 
 
 def _seedream(inp: Mapping[str, Any]) -> Output:
@@ -292,6 +426,21 @@ MODELS: dict[str, ModelSpec] = {
             {**_NAMED, "aspect_ratio": "aspect_ratio", "resolution": "resolution",
              "image_input": "input_urls"},
             _same_fields, {"*": 5}, image_fields={"input_urls": 10 * MB},
+        ),
+        ModelSpec(
+            "gpt4o-image", GPT4O_IMAGE, Gpt4oImageInput, MediaType.IMAGE,
+            {**_NAMED, "aspect_ratio": "size", "image_input": "filesUrl"},
+            # Kie's errorCode 400 names 26214400 bytes as the largest image.
+            _gpt4o_image, {"*": 6}, image_fields={"filesUrl": 25 * MB},
+        ),
+        *(
+            ModelSpec(
+                name, FLUX_KONTEXT, FluxKontextInput, MediaType.IMAGE,
+                {**_NAMED, "aspect_ratio": "aspectRatio", "output_format": "outputFormat",
+                 "image_input": "inputImage"},
+                _flux_kontext,  # no price in Kie's documents or the third-party lists
+            )
+            for name in ("flux-kontext-pro", "flux-kontext-max")
         ),
     )
 }  # fmt: skip

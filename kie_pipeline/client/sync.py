@@ -48,8 +48,8 @@ class KieClient:
     def create_task(self, model: str, input: dict[str, Any], **kw: Any) -> str:
         return self._portal.call(lambda: self._client.create_task(model, input, **kw))
 
-    def get_task(self, task_id: str) -> TaskRecord:
-        return self._portal.call(self._client.get_task, task_id)
+    def get_task(self, task_id: str, *, model: str | None = None) -> TaskRecord:
+        return self._portal.call(lambda: self._client.get_task(task_id, model=model))
 
     def wait(self, task_id: str, **kw: Any) -> TaskRecord:
         return self._portal.call(lambda: self._client.wait(task_id, **kw))

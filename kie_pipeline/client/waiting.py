@@ -27,12 +27,15 @@ class Waiter(Protocol):
         task_id: str,
         *,
         key: str | None = None,
+        model: str | None = None,
         timeout: float | None = None,
         first_delay: float | None = None,
     ) -> TaskRecord:
         """The task's final record; :class:`KieTaskTimeoutError` after ``timeout`` seconds.
 
-        ``key`` is the request key of the row the task belongs to (a callback names it).
+        ``key`` is the request key of the row the task belongs to (a callback names it); ``model``
+        is the row's model, whose API family says where to ask and how to read the answers
+        (None: the jobs API).
         """
         ...
 
@@ -49,6 +52,7 @@ class PollingWaiter:
         task_id: str,
         *,
         key: str | None = None,
+        model: str | None = None,
         timeout: float | None = None,
         first_delay: float | None = None,
     ) -> TaskRecord:
@@ -65,7 +69,7 @@ class PollingWaiter:
                     raise KieTaskTimeoutError(task_id, timeout, last_state)
                 # Jitter spreads the polls of tasks created in the same instant.
                 await asyncio.sleep(min(delay * random.uniform(0.9, 1.1), remaining))
-            record = await c.get_task(task_id)
+            record = await c.get_task(task_id, model=model)
             last_state = record.state.value
             if record.is_terminal:
                 return record

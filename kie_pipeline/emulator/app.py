@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import math
@@ -31,13 +32,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kie_pipeline.client.errors import KieValidationError
-from kie_pipeline.client.registry import MODELS
+from kie_pipeline.client.registry import FAMILIES, JOBS, MODELS, ApiFamily
 
+from .families import FAMILY_ANSWERS
 from .render import render, render_media
 from .state import Emulator, Task
 from .uploads import upload_routes
 
 CREATE_PATH = "/api/v1/jobs/createTask"
+#: Every family's create endpoint (a lost answer can strike any of them).
+CREATE_PATHS = frozenset(f.create_path for f in FAMILIES.values())
 #: Scope key through which the createTask handler tells FaultInjection to lose its answer.
 LOST_ANSWER_KEY = "kie_emulator.lost_answer"
 #: Chunk size of streamed (chunked) result files.
@@ -61,11 +65,11 @@ def _authorized(emu: Emulator, request: Request) -> bool:
     return ok
 
 
-def _check_input(model: Any, inp: Any) -> str | None:
+def _check_input(model: Any, inp: Any, family: ApiFamily = JOBS) -> str | None:
     """Kie's documented rules for the model (the model registry); a 422 message or None."""
     if not isinstance(model, str) or not model:
         return "model is required"
-    if model not in MODELS:
+    if model not in MODELS or MODELS[model].family is not family:
         return f"model {model!r} is not supported"
     if not isinstance(inp, dict):
         return "input is required"
@@ -79,7 +83,7 @@ def _check_input(model: Any, inp: Any) -> str | None:
 def build_app(emu: Emulator) -> Starlette:
     """The Starlette app over an :class:`Emulator` state."""
 
-    async def create_task(request: Request) -> Response:
+    async def create_task(request: Request, family: ApiFamily = JOBS) -> Response:
         if not _authorized(emu, request):
             return _error(emu, 401, "You do not have access permissions")
         emu.arrive_create()
@@ -97,14 +101,19 @@ def build_app(emu: Emulator) -> Starlette:
                 "Rate limit exceeded: 20 requests per 10 seconds",
                 {"Retry-After": str(math.ceil(wait))},
             )
-        problem = _check_input(body.get("model"), body.get("input"))
+        # Flat families name their fields at the top of the body; the task keeps {model, input}.
+        model, inp = family.split_body(body)
+        problem = _check_input(model, inp, family)
         if problem:
             return _error(emu, 422, problem)
-        created = emu.create(body)
+        internal = body if family is JOBS else {"model": model, "input": inp}
+        created = emu.create(internal)
         if not isinstance(created, Task):
             return _error(
-                emu, 402, f"Credits insufficient: balance {created}, this task costs {emu.cost_of(body)}"
+                emu, 402, f"Credits insufficient: balance {created}, this task costs {emu.cost_of(internal)}"
             )
+        if family is not JOBS:
+            created.family, created.body = family.name, body
         if body.get("callBackUrl"):
             asyncio.get_running_loop().create_task(
                 _send_callback(emu, created, body["callBackUrl"], _base(request))
@@ -115,7 +124,7 @@ def build_app(emu: Emulator) -> Starlette:
             holder["mode"] = emu.draw_lost_answer()
         return _ok({"taskId": created.task_id})
 
-    async def record_info(request: Request) -> Response:
+    async def record_info(request: Request, family: ApiFamily = JOBS) -> Response:
         if not _authorized(emu, request):
             return _error(emu, 401, "You do not have access permissions")
         wait = emu.admit_poll()
@@ -125,8 +134,10 @@ def build_app(emu: Emulator) -> Starlette:
         task = emu.tasks.get(task_id)
         if not task_id:
             return _error(emu, 400, "taskId is required")
-        if task is None:
+        if task is None or task.family != family.name:
             return _error(emu, 404, "Task not found")
+        if family is not JOBS:
+            return _ok(FAMILY_ANSWERS[family.name][0](emu, task, _base(request), time.monotonic()))
         return _ok(emu.record(task, _base(request)))
 
     async def credit(request: Request) -> Response:
@@ -211,6 +222,11 @@ def build_app(emu: Emulator) -> Starlette:
         Route("/emulator/config", config, methods=["POST"]),
         *upload_routes(emu, _authorized),
     ]
+    for fam in FAMILIES.values():
+        if fam is not JOBS:
+            create, status = (functools.partial(f, family=fam) for f in (create_task, record_info))
+            routes.append(Route(fam.create_path, create, methods=["POST"]))
+            routes.append(Route(fam.status_path, status, methods=["GET"]))
     return Starlette(routes=routes)
 
 
@@ -235,9 +251,13 @@ async def _send_callback(emu: Emulator, task: Task, url: str, base_url: str) -> 
         await asyncio.sleep(emu.config.callback_delay)
     if emu.draw_callback_lost():
         return
-    # Callbacks carry Kie's credit figures (recordInfo only when credits_in_record is on).
-    record = {**emu.record(task, base_url), **emu.credit_fields(task)}
-    payload = {"code": 200 if record["state"] == "success" else 501, "msg": "success", "data": record}
+    if task.family in FAMILY_ANSWERS:
+        # Each family's own callback shape (kie-models.md section 8).
+        payload = FAMILY_ANSWERS[task.family][1](emu, task, base_url, time.monotonic())
+    else:
+        # Callbacks carry Kie's credit figures (recordInfo only when credits_in_record is on).
+        record = {**emu.record(task, base_url), **emu.credit_fields(task)}
+        payload = {"code": 200 if record["state"] == "success" else 501, "msg": "success", "data": record}
     faults = emu.config.faults
     async with httpx.AsyncClient(timeout=15) as client:
         for _ in range(1 + max(0, faults.callback_duplicates)):
@@ -281,6 +301,7 @@ _FORCED_MESSAGES = {
     500: "Internal server error",
     501: "Generation failed",
     505: "Feature disabled",
+    550: "Queue is full, please try again later",
 }
 
 
@@ -304,7 +325,7 @@ class FaultInjection:
             return
         fault = self.emu.draw_fault()
         if fault is None:
-            if scope["path"] == CREATE_PATH:
+            if scope["path"] in CREATE_PATHS:
                 # A holder object, not a flag: it survives any copying of the scope downstream.
                 holder: dict[str, str | None] = {}
                 scope = {**scope, LOST_ANSWER_KEY: holder}

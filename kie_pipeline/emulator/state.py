@@ -35,6 +35,10 @@ class Task:
     output: Output = field(default_factory=lambda: Output("1:1", "1K", "png"))
     result_tokens: list[str] | None = None
     callback_sent: bool = False
+    #: The API family that created the task (``registry.FAMILIES``) and, for families with flat
+    #: bodies, the body as sent (their records echo it as ``paramJson``).
+    family: str = "jobs"
+    body: dict[str, Any] | None = None
 
     @property
     def input(self) -> dict[str, Any]:
@@ -204,15 +208,7 @@ class Emulator:
         complete_ms = task.created_ms + int(task.duration * 1000) if done else None
         result_json = ""
         if state == "success":
-            if task.result_tokens is None:
-                # One token per result, each valid result_url_ttl from completion.
-                task.result_tokens = [
-                    self.new_token(task.task_id, i, self.config.result_url_ttl, start=task.completed_at())
-                    for i in range(task.results)
-                ]
-            ext = task.output.format
-            base = base_url.rstrip("/")
-            result_json = json.dumps({"resultUrls": [f"{base}/files/{t}.{ext}" for t in task.result_tokens]})
+            result_json = json.dumps({"resultUrls": self.result_urls(task, base_url)})
         record = {
             "taskId": task.task_id,
             "model": task.model,
@@ -231,6 +227,17 @@ class Emulator:
         if self.config.credits_in_record:
             record.update(self.credit_fields(task))
         return record
+
+    def result_urls(self, task: Task, base_url: str) -> list[str]:
+        """The result URLs of a successful task, the same on every read."""
+        if task.result_tokens is None:
+            # One token per result, each valid result_url_ttl from completion.
+            task.result_tokens = [
+                self.new_token(task.task_id, i, self.config.result_url_ttl, start=task.completed_at())
+                for i in range(task.results)
+            ]
+        base = base_url.rstrip("/")
+        return [f"{base}/files/{t}.{task.output.format}" for t in task.result_tokens]
 
     def credit_fields(self, task: Task) -> dict[str, Any]:
         """``consumeCredits``/``remainedCredits`` as Kie's callbacks carry them."""

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kie_pipeline.client import AsyncKieClient, KieTaskTimeoutError, PollingWaiter, TaskRecord
+from kie_pipeline.client.families import callback_task_id
+from kie_pipeline.client.registry import JOBS, get_model
 
 from .store import TaskStore, atomic_write, join
 
@@ -92,19 +94,16 @@ def signature_problem(
 
 
 def task_id_of(payload: Any) -> str | None:
-    """The task id of a callback body (``data.taskId``; Kie's sample reads ``data.task_id``)."""
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, dict):
-        return None
-    value = data.get("taskId") or data.get("task_id")
-    return str(value) if value else None
+    """The task id of any family's callback body (``data.taskId``, ``data.task_id`` or a top-level
+    ``taskId``: the receiver stores payloads without knowing their family)."""
+    return callback_task_id(payload)
 
 
-def decode(payload: dict[str, Any]) -> TaskRecord:
-    """The task record a callback carries (its body is shaped like the status response)."""
-    data = dict(payload["data"])
-    data.setdefault("taskId", data.get("task_id"))
-    return TaskRecord.from_api(data)
+def decode(payload: dict[str, Any], model: str | None = None) -> TaskRecord:
+    """The task record a callback carries, read the way ``model``'s family shapes its callbacks
+    (None: the jobs API, whose callback is shaped like its status response)."""
+    family = get_model(model).family if model else JOBS
+    return family.decode_callback(payload)
 
 
 class CallbackBox:
@@ -171,11 +170,12 @@ class CallbackWaiter:
         task_id: str,
         *,
         key: str | None = None,
+        model: str | None = None,
         timeout: float | None = None,
         first_delay: float | None = None,
     ) -> TaskRecord:
         if key is None:  # nothing to look up callbacks by: poll as usual
-            return await self._polling.wait(task_id, timeout=timeout, first_delay=first_delay)
+            return await self._polling.wait(task_id, model=model, timeout=timeout, first_delay=first_delay)
         timeout = self.client.poll.timeout_s if timeout is None else timeout
         started = time.monotonic()
         deadline = started + timeout
@@ -184,12 +184,12 @@ class CallbackWaiter:
         while True:
             payload = await asyncio.to_thread(self.box.get, key, task_id)
             if payload is not None:
-                record = decode(payload)
+                record = decode(payload, model)
                 if record.is_terminal:
                     return record
             now = time.monotonic()
             if now >= next_poll:
-                record = await self.client.get_task(task_id)
+                record = await self.client.get_task(task_id, model=model)
                 last_state = record.state.value
                 if record.is_terminal:
                     return record

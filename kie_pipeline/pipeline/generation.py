@@ -516,7 +516,11 @@ class _Batch:
         assert rec.task_id is not None
         try:
             final = await self.waiter.wait(
-                rec.task_id, key=rec.key, timeout=self.wait_timeout, first_delay=first_delay
+                rec.task_id,
+                key=rec.key,
+                model=row["model"],
+                timeout=self.wait_timeout,
+                first_delay=first_delay,
             )
         except KieTaskTimeoutError as exc:
             rec.status, rec.error, rec.kie = RecordStatus.TIMEOUT, str(exc), KieOutcome(state=exc.last_state)

@@ -1,0 +1,218 @@
+"""Decoders of Kie's non-jobs API families: status answers and callbacks, onto one :class:`TaskRecord`.
+
+Each family reports a task its own way (``shared/kie/kie-models.md`` sections 0, 1, 2 and 8): 4o Image
+with ``successFlag`` 0/1/2 plus a ``status`` text and ``response.resultUrls`` (``result_urls`` in the
+quickstart: both accepted); Flux Kontext with ``successFlag`` 0-3 and one ``response.resultImageUrl``.
+Every decoder maps onto the five :class:`TaskState` values and keeps results as ``{"resultUrls": [...]}``
+so the pipeline reads every family the same way (``TaskRecord.result_urls``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import KieProtocolError
+from .models import TaskRecord, TaskState, _decode_json_string
+
+#: What a family's create call is: ``body(model, input, callback_url)``.
+BodyBuilder = Callable[[str, Mapping[str, Any], "str | None"], dict[str, Any]]
+
+
+def jobs_body(model: str, input: Mapping[str, Any], callback_url: str | None) -> dict[str, Any]:
+    """The jobs API's ``{model, input, callBackUrl?}``."""
+    body: dict[str, Any] = {"model": model, "input": dict(input)}
+    if callback_url:
+        body["callBackUrl"] = callback_url
+    return body
+
+
+def flat_body(model_key: str | None) -> BodyBuilder:
+    """A family whose fields sit at the top of the body, the model (if any) under ``model_key``."""
+
+    def build(model: str, input: Mapping[str, Any], callback_url: str | None) -> dict[str, Any]:
+        body = {**({model_key: model} if model_key else {}), **input}
+        if callback_url:
+            body["callBackUrl"] = callback_url
+        return body
+
+    return build
+
+
+def _time(value: Any) -> datetime | None:
+    """Kie's timestamps: ms since the epoch (number or digits) or text ("2025-06-06 10:30:00", ISO)."""
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit()):
+        try:
+            return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+        except (ValueError, OverflowError):
+            return None
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _data(data: Any, family: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise KieProtocolError(f"Kie {family} record-info returned no data object.")
+    if not data.get("taskId"):
+        raise KieProtocolError(f"Kie {family} record-info data lacks taskId.")
+    return data
+
+
+def _code(value: Any) -> str | None:
+    # errorCode 0 means "no error" on some families (Aleph); absent or empty likewise.
+    return None if value in (None, "", 0, "0") else str(value)
+
+
+def _urls(value: Any) -> list[str]:
+    """A list of URLs, also when Kie sends it as a JSON string (Veo's quickstart, callbacks)."""
+    if isinstance(value, str):
+        value = _decode_json_string(value, "resultUrls") if value.startswith("[") else [value]
+    return [str(u) for u in value or [] if u]
+
+
+def _record(
+    data: dict[str, Any], state: TaskState, urls: list[str], known: set[str], *, model: str | None = None
+) -> TaskRecord:
+    param = data.get("paramJson")
+    decoded = _decode_json_string(param, "paramJson") if param else None
+    return TaskRecord(
+        task_id=str(data["taskId"]),
+        model=model,
+        state=state,
+        param=decoded if isinstance(decoded, dict) else None,
+        result={"resultUrls": urls} if urls else None,
+        fail_code=_code(data.get("errorCode")) if state is TaskState.FAIL else None,
+        fail_msg=(data.get("errorMessage") or None) if state is TaskState.FAIL else None,
+        create_time=_time(data.get("createTime")),
+        complete_time=_time(data.get("completeTime")),
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+_4O_KNOWN = {"taskId", "paramJson", "completeTime", "response", "successFlag", "status", "errorCode",
+             "errorMessage", "createTime"}  # fmt: skip
+#: 4o Image ``status`` texts; ``successFlag`` decides when the two disagree is never needed (they pair).
+_4O_FAILED = {"CREATE_TASK_FAILED", "GENERATE_FAILED"}
+
+
+def decode_4o_image(data: Any) -> TaskRecord:
+    """``GET /api/v1/gpt4o-image/record-info`` ``data``: ``successFlag`` 0 generating, 1 success,
+    2 failed, with ``status`` GENERATING/SUCCESS/CREATE_TASK_FAILED/GENERATE_FAILED."""
+    data = _data(data, "4o Image")
+    flag, status = data.get("successFlag"), str(data.get("status") or "").upper()
+    if status in _4O_FAILED or flag in (2, "2", 3, "3"):
+        state = TaskState.FAIL
+    elif flag in (1, "1") or status == "SUCCESS":
+        state = TaskState.SUCCESS
+    elif flag in (0, "0", None) and status in ("", "GENERATING"):
+        # progress "0.00" before the model starts: still queued as far as the record tells.
+        state = TaskState.GENERATING if _progress(data.get("progress")) > 0 else TaskState.WAITING
+    else:
+        raise KieProtocolError(f"Kie 4o Image reported an unknown status {status!r} / successFlag {flag!r}.")
+    response = data.get("response") if isinstance(data.get("response"), dict) else {}
+    urls = _urls(response.get("resultUrls") or response.get("result_urls"))
+    return _record(data, state, urls if state is TaskState.SUCCESS else [], _4O_KNOWN)
+
+
+def _progress(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+_FLUX_KNOWN = {"taskId", "paramJson", "completeTime", "response", "successFlag", "errorCode",
+               "errorMessage", "createTime"}  # fmt: skip
+#: Flux Kontext ``successFlag``: 0 GENERATING, 1 SUCCESS, 2 CREATE_TASK_FAILED, 3 GENERATE_FAILED.
+_FLUX_STATES = {0: TaskState.GENERATING, 1: TaskState.SUCCESS, 2: TaskState.FAIL, 3: TaskState.FAIL}
+
+
+def decode_flux_kontext(data: Any) -> TaskRecord:
+    """``GET /api/v1/flux/kontext/record-info`` ``data``: one ``response.resultImageUrl``."""
+    data = _data(data, "Flux Kontext")
+    try:
+        state = _FLUX_STATES[int(data.get("successFlag"))]
+    except (TypeError, ValueError, KeyError):
+        raise KieProtocolError(
+            f"Kie Flux Kontext reported an unknown successFlag {data.get('successFlag')!r}."
+        ) from None
+    response = data.get("response") if isinstance(data.get("response"), dict) else {}
+    urls = _urls(response.get("resultImageUrl")) if state is TaskState.SUCCESS else []
+    model = (_decode_json_string(data.get("paramJson"), "paramJson") or {}) if data.get("paramJson") else {}
+    return _record(
+        data, state, urls, _FLUX_KNOWN, model=model.get("model") if isinstance(model, dict) else None
+    )
+
+
+# -- callbacks ---------------------------------------------------------------------------------------
+
+
+def _callback_parts(payload: Any, family: str) -> tuple[int | None, str | None, dict[str, Any]]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+        raise KieProtocolError(f"Kie {family} callback has no data object.")
+    code = payload.get("code")
+    return (
+        (int(code) if isinstance(code, int) or str(code).isdigit() else None),
+        payload.get("msg"),
+        payload["data"],
+    )
+
+
+def _callback_record(
+    task_id: Any, code: int | None, msg: str | None, urls: list[str], family: str
+) -> TaskRecord:
+    if not task_id:
+        raise KieProtocolError(f"Kie {family} callback lacks its task id.")
+    ok = code == 200 and bool(urls)
+    return TaskRecord(
+        task_id=str(task_id),
+        model=None,
+        state=TaskState.SUCCESS if ok else TaskState.FAIL,
+        result={"resultUrls": urls} if ok else None,
+        fail_code=None if ok else str(code if code is not None else 500),
+        fail_msg=None if ok else (msg or f"Kie {family} callback reported failure"),
+    )
+
+
+def decode_4o_image_callback(payload: Any) -> TaskRecord:
+    """``{code, msg, data{taskId, info{result_urls[]}}}``; failures: code 400/451/500, ``info: null``."""
+    code, msg, data = _callback_parts(payload, "4o Image")
+    info = data.get("info") if isinstance(data.get("info"), dict) else {}
+    urls = _urls(info.get("result_urls") or info.get("resultUrls"))
+    return _callback_record(data.get("taskId") or data.get("task_id"), code, msg, urls, "4o Image")
+
+
+def decode_flux_kontext_callback(payload: Any) -> TaskRecord:
+    """``{code, msg, data{taskId, info{originImageUrl, resultImageUrl}}}``; failures 400/500/501."""
+    code, msg, data = _callback_parts(payload, "Flux Kontext")
+    info = data.get("info") if isinstance(data.get("info"), dict) else {}
+    urls = _urls(info.get("resultImageUrl"))
+    return _callback_record(data.get("taskId") or data.get("task_id"), code, msg, urls, "Flux Kontext")
+
+
+def decode_jobs_callback(payload: Any) -> TaskRecord:
+    """The jobs API's callback: shaped like its recordInfo answer (``data.taskId``/``data.task_id``)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+        raise KieProtocolError("Kie jobs callback has no data object.")
+    data = dict(payload["data"])
+    data.setdefault("taskId", data.get("task_id"))
+    return TaskRecord.from_api(data)
+
+
+def callback_task_id(payload: Any) -> str | None:
+    """The task id of any family's callback: ``data.taskId`` (jobs, 4o, Flux, Veo), ``data.task_id``
+    (Runway, Suno, Veo 4K), or a top-level ``taskId`` (Runway Aleph)."""
+    if not isinstance(payload, dict):
+        return None
+    data = payload.get("data")
+    value = None
+    if isinstance(data, dict):
+        value = data.get("taskId") or data.get("task_id")
+    value = value or payload.get("taskId")
+    return str(value) if value else None
