@@ -216,33 +216,25 @@ def test_video_audio_and_image_rows_end_to_end(emulator: EmulatorServer, tmp_pat
 def test_kie_metadata_of_a_track_lands_in_title_and_tags(
     emulator: EmulatorServer, tmp_path, media_models
 ) -> None:
-    """Per-result metadata on the final task record (``TaskRecord.result_meta``, as a family decoder
-    gives it for Suno's tracks) fills the catalog's title and tags."""
+    """Per-result metadata on the final task record (``result["tracks"]``, as the Suno decoder gives
+    it) fills the catalog's title and tags."""
 
-    class MetaWaiter:
+    class TracksWaiter:
         def __init__(self, inner: PollingWaiter) -> None:
             self.inner = inner
 
         async def wait(self, task_id: str, **kwargs: Any) -> TaskRecord:
             final = await self.inner.wait(task_id, **kwargs)
-            meta = [{"title": "River Song", "tags": ["folk", "calm"]}]
-            return _with_meta(final, meta)
+            tracks = [{"title": "River Song", "tags": "folk, calm"}]
+            return dataclasses.replace(final, result={**(final.result or {}), "tracks": tracks})
 
     rows = validate_manifest(pd.DataFrame([{"id": "a", "model": "test/clip-audio", "prompt": "a song"}]))
 
     async def go():
         async with make_client(emulator) as client:
             return await generate_batch(
-                client, TaskStore(str(tmp_path / "store")), rows, waiter=MetaWaiter(PollingWaiter(client))
+                client, TaskStore(str(tmp_path / "store")), rows, waiter=TracksWaiter(PollingWaiter(client))
             )
 
     out, _ = asyncio.run(go())
     assert (out.loc[0, "title"], out.loc[0, "tags"]) == ("River Song", "folk, calm")
-
-
-def _with_meta(final: TaskRecord, meta: list[dict[str, Any]]) -> TaskRecord:
-    if any(f.name == "result_meta" for f in dataclasses.fields(final)):
-        return dataclasses.replace(final, result_meta=meta)
-    # Before the family decoders declare the field: the same record with the attribute set.
-    object.__setattr__(final, "result_meta", meta)
-    return final

@@ -67,9 +67,9 @@ EXPIRED_STATUSES = (403, 404, 410)
 
 def result_meta(final: TaskRecord, index: int) -> dict[str, Any]:
     """Kie's metadata of result ``index`` (a track's title and tags), where its family's decoder
-    gives it: ``TaskRecord.result_meta``, one dict per result URL (optional; absent: {})."""
-    meta = getattr(final, "result_meta", None) or []
-    entry = meta[index] if index < len(meta) else None
+    gives it: ``result["tracks"]``, one dict per result URL, in their order (Suno; absent: {})."""
+    tracks = (final.result or {}).get("tracks") or []
+    entry = tracks[index] if index < len(tracks) else None
     return entry if isinstance(entry, dict) else {}
 
 
