@@ -238,3 +238,19 @@ def test_kie_metadata_of_a_track_lands_in_title_and_tags(
 
     out, _ = asyncio.run(go())
     assert (out.loc[0, "title"], out.loc[0, "tags"]) == ("River Song", "folk, calm")
+
+
+def test_the_client_downloads_a_video_as_video_only(emulator: EmulatorServer, tmp_path, media_models) -> None:
+    """``AsyncKieClient.download`` checks the content type against ``media`` (default: image)."""
+
+    async def go():
+        async with make_client(emulator) as client:
+            final = await client.run("test/clip-video", {"prompt": "a river"})
+            (url,) = final.result_urls
+            with pytest.raises(KieDownloadError, match="expected image"):
+                await client.download(url, str(tmp_path / "wrong.mp4"))
+            return await client.download(url, str(tmp_path / "clip.mp4"), media="video")
+
+    got = asyncio.run(go())
+    assert got.content_type == "video/mp4"
+    assert probe((tmp_path / "clip.mp4").read_bytes(), "video").width == 64

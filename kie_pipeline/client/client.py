@@ -374,15 +374,21 @@ class AsyncKieClient:
         return fetched
 
     async def download(
-        self, url: str, dest: str, *, max_bytes: int | None = None, write: Writer | None = None
+        self,
+        url: str,
+        dest: str,
+        *,
+        max_bytes: int | None = None,
+        write: Writer | None = None,
+        media: MediaType | str = MediaType.IMAGE,
     ) -> DownloadResult:
-        """Fetch ``url`` (see :meth:`fetch`) and hand its bytes to ``write(dest, data)``, off the event
-        loop; returns what was written and its sha256.
+        """Fetch ``url`` (see :meth:`fetch`; ``media`` is what the result should be) and hand its
+        bytes to ``write(dest, data)``, off the event loop; returns what was written and its sha256.
 
         ``write`` defaults to :func:`write_to_store`: ``dest`` is a local path or fsspec URL, written
         atomically. Pass your own to write with storage options or anywhere else.
         """
-        fetched = await self.fetch(url, max_bytes=max_bytes)
+        fetched = await self.fetch(url, max_bytes=max_bytes, media=media)
         await asyncio.to_thread(write or write_to_store, dest, fetched.data)
         return DownloadResult(
             path=dest, bytes=len(fetched.data), sha256=fetched.sha256, content_type=fetched.content_type

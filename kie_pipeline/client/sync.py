@@ -11,7 +11,7 @@ from typing import Any
 
 from anyio.from_thread import start_blocking_portal
 
-from .client import AsyncKieClient, Writer
+from .client import AsyncKieClient
 from .models import DownloadResult, KieUsage, TaskRecord, UploadedFile
 
 
@@ -67,8 +67,7 @@ class KieClient:
     def get_download_url(self, url: str) -> str:
         return self._portal.call(self._client.get_download_url, url)
 
-    def download(
-        self, url: str, dest: str, *, max_bytes: int | None = None, write: Writer | None = None
-    ) -> DownloadResult:
-        """See :meth:`AsyncKieClient.download` (``write`` runs in a worker thread)."""
-        return self._portal.call(lambda: self._client.download(url, dest, max_bytes=max_bytes, write=write))
+    def download(self, url: str, dest: str, **kw: Any) -> DownloadResult:
+        """See :meth:`AsyncKieClient.download` (``max_bytes``, ``write``, which runs in a worker
+        thread, and ``media``)."""
+        return self._portal.call(lambda: self._client.download(url, dest, **kw))
