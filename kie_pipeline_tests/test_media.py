@@ -12,11 +12,12 @@ import httpx
 import pandas as pd
 import pytest
 
-from kie_pipeline.client import KieDownloadError, PollingWaiter, TaskRecord
+from kie_pipeline.client import KieDownloadError, PollingWaiter, PollPolicy, TaskRecord
 from kie_pipeline.client.download import fetch, size_cap
 from kie_pipeline.client.registry import JOBS, MODELS, MediaType, ModelSpec, Output, Prompt, _Input
 from kie_pipeline.emulator import EmulatorServer
 from kie_pipeline.emulator.render import render_media
+from kie_pipeline.pipeline.callbacks import CallbackSettings
 from kie_pipeline.pipeline.catalog import build_catalog, thumbnail_markdown, typed
 from kie_pipeline.pipeline.generation import generate_batch, result_row
 from kie_pipeline.pipeline.manifest import validate_manifest
@@ -25,6 +26,7 @@ from kie_pipeline.pipeline.record import RecordStatus, RequestRecord
 from kie_pipeline.pipeline.recovery import describe_copy
 from kie_pipeline.pipeline.schema import CATALOG_DTYPES
 from kie_pipeline.pipeline.store import TaskStore
+from kie_pipeline.receiver import ReceiverServer, build_receiver
 
 from .conftest import make_client
 
@@ -254,3 +256,39 @@ def test_the_client_downloads_a_video_as_video_only(emulator: EmulatorServer, tm
     got = asyncio.run(go())
     assert got.content_type == "video/mp4"
     assert probe((tmp_path / "clip.mp4").read_bytes(), "video").width == 64
+
+
+#: The registry's own video and audio models (Veo, Runway, Suno as the families land).
+REGISTRY_MEDIA_MODELS = sorted(m for m, spec in MODELS.items() if spec.media != MediaType.IMAGE)
+
+
+@pytest.mark.parametrize(
+    "model", REGISTRY_MEDIA_MODELS or [pytest.param(None, marks=pytest.mark.skip("none yet"))]
+)
+def test_registry_media_models_fill_the_media_columns(emulator: EmulatorServer, tmp_path, model: str) -> None:
+    """A row of each registry video or audio model, through its family and callbacks, lands in the
+    catalog with its media columns read from the emulator's real clip."""
+    media = MODELS[model].media
+    store = TaskStore(str(tmp_path / "store"))
+    rows = validate_manifest(pd.DataFrame([{"id": "m", "model": model, "prompt": "a river at dawn"}]))
+    with ReceiverServer(build_receiver(store, secret="media-secret")) as receiver:
+
+        async def go():
+            poll = PollPolicy(initial_s=0.02, max_s=0.1, callback_fallback_s=60)
+            async with make_client(emulator, poll=poll) as client:
+                return await generate_batch(
+                    client, store, rows, callbacks=CallbackSettings(receiver.url, "media-secret")
+                )
+
+        out, summary = asyncio.run(go())
+    assert summary.succeeded == 1 and (out["state"] == "success").all()
+    cat = build_catalog([out])
+    assert (cat["media_type"] == media.value).all()
+    assert cat["duration_s"].between(0.3, 0.7).all()
+    if media is MediaType.VIDEO:
+        assert (cat["mime_type"] == "video/mp4").all() and (cat["width"] == 64).all()
+    else:
+        assert (cat["mime_type"] == "audio/mpeg").all() and cat["width"].isna().all()
+        if model.startswith("suno/"):
+            # Suno names every track and gives its style tags.
+            assert cat["title"].notna().all() and cat["tags"].notna().all()
