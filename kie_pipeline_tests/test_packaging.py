@@ -139,6 +139,7 @@ DAGSTER_FREE_MODULES = [
     "kie_pipeline.pipeline.store",
     "kie_pipeline.pipeline.catalog",
     "kie_pipeline.pipeline.generation",
+    "kie_pipeline.pipeline.media",
     "kie_pipeline.pipeline.callbacks",
     "kie_pipeline.receiver",
     "kie_pipeline.cli",
