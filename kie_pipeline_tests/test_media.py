@@ -51,6 +51,13 @@ def test_probe_reads_a_real_audio_clip(clips) -> None:
     assert info.width is None and info.height is None
 
 
+@pytest.mark.parametrize("media", ["video", "audio"])
+def test_the_duration_is_read_from_the_file(media: str) -> None:
+    data, _, _ = render_media(media, "longer", seconds=2.0)
+    assert probe(data, media).duration_s == pytest.approx(2.0, abs=0.15)
+    assert thumbnail(data, media) is not None
+
+
 def test_probe_detects_the_media_type_and_refuses_the_wrong_one(clips) -> None:
     assert [probe(clips[m]).media_type for m in ("image", "video", "audio")] == ["image", "video", "audio"]
     with pytest.raises(MediaError):

@@ -167,13 +167,20 @@ def _first_frame(data: bytes) -> Image.Image | None:
     return None
 
 
+#: The waveform preview covers at most this many seconds: decoding a whole 4-minute track for a
+#: 96-pixel picture would cost about a second per row of the gallery.
+WAVEFORM_SECONDS = 30.0
+
+
 def _waveform(data: bytes, size: int) -> Image.Image:
-    """Peak amplitude per column of the first channel, drawn as bars (decodes the whole clip)."""
+    """Peak amplitude per column of the first channel (first WAVEFORM_SECONDS), drawn as bars."""
     av = _av()
     peaks: list[float] = []
     try:
         with av.open(io.BytesIO(data)) as container:
             for frame in container.decode(audio=0):
+                if frame.time is not None and frame.time > WAVEFORM_SECONDS:
+                    break
                 samples = frame.to_ndarray()
                 first = samples[0] if samples.ndim > 1 else samples
                 # Integer samples peak at 2**(bits-1); float samples at 1.0.
