@@ -5,6 +5,7 @@ of these models through generation with callbacks."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 import httpx
@@ -37,18 +38,23 @@ INPUTS = {
     "gpt4o-image": {"size": "3:2", "prompt": "a lighthouse", "nVariants": 4},
     "flux-kontext-pro": {"prompt": "a lighthouse", "aspectRatio": "4:3"},
     "flux-kontext-max": {"prompt": "a lighthouse", "outputFormat": "png"},
+    **{m: {"prompt": "a lighthouse", "instrumental": True} for m in MODELS if m.startswith("suno/")},
 }
 #: Results per successful task of each input above.
-RESULTS = {"gpt4o-image": 4, "flux-kontext-pro": 1, "flux-kontext-max": 1}
+RESULTS = {"gpt4o-image": 4, "flux-kontext-pro": 1, "flux-kontext-max": 1} | {
+    m: 2 for m in MODELS if m.startswith("suno/")
+}
 #: The keys each family's status ``data`` has (kie-models.md sections 1 and 2).
 RECORD_KEYS = {
     "4o-image": {"taskId", "paramJson", "completeTime", "response", "successFlag", "status", "errorCode",
                  "errorMessage", "createTime", "progress"},
     "flux-kontext": {"taskId", "paramJson", "completeTime", "createTime", "response", "successFlag",
                      "errorCode", "errorMessage"},
+    "suno": {"taskId", "parentMusicId", "param", "response", "status", "type", "operationType", "errorCode",
+             "errorMessage"},
 }  # fmt: skip
 #: What each family's record says at a fraction of the task's time (see Task.state_at):
-#: (successFlag, status or None) for a task that succeeds and one that fails.
+#: (successFlag, status), None where the family has no such field, for a success and a failure.
 TIMELINE = {
     "4o-image": {
         "success": [(0, "GENERATING"), (0, "GENERATING"), (0, "GENERATING"), (1, "SUCCESS")],
@@ -58,7 +64,20 @@ TIMELINE = {
         "success": [(0, None), (0, None), (0, None), (1, None)],
         "fail": [(0, None)] * 3 + [(3, None)],
     },
+    "suno": {
+        "success": [(None, "PENDING"), (None, "TEXT_SUCCESS"), (None, "FIRST_SUCCESS"), (None, "SUCCESS")],
+        "fail": [(None, "PENDING"), (None, "TEXT_SUCCESS"), (None, "FIRST_SUCCESS"),
+                 (None, "GENERATE_AUDIO_FAILED")],
+    },
+}  # fmt: skip
+#: Each family's callback keys (kie-models.md section 8): the data object's, and where the task id is.
+CALLBACK_DATA_KEYS = {
+    "4o-image": {"taskId", "info"},
+    "flux-kontext": {"taskId", "info"},
+    "suno": {"callbackType", "task_id", "data"},
 }
+#: The image models among them (the named aspect_ratio column is theirs).
+IMAGE = {m for m in FAMILY_MODELS if MODELS[m].media == "image"}
 FRACTIONS = (0.0, 0.2, 0.5, 1.0)  # waiting, queuing, generating, done
 
 
@@ -90,8 +109,8 @@ def test_the_emulator_reports_each_state_as_the_family_documents(model, outcome)
     for fraction, (flag, status) in zip(FRACTIONS, TIMELINE[family.name][outcome], strict=True):
         data = record(emu, task, "http://emu", task.created_mono + fraction * task.duration)
         assert set(data) == RECORD_KEYS[family.name]
-        assert data["successFlag"] == flag and data.get("status") == status
-        assert json.loads(data["paramJson"]) == task.body
+        assert data.get("successFlag") == flag and data.get("status") == status
+        assert json.loads(data.get("paramJson") or data["param"]) == task.body
         decoded = family.decode(data)
         seen.append(decoded.state)
         assert decoded.is_terminal == (fraction == 1.0)
@@ -99,21 +118,25 @@ def test_the_emulator_reports_each_state_as_the_family_documents(model, outcome)
     final = family.decode(record(emu, task, "http://emu", task.completed_at()))
     assert len(final.result_urls) == (RESULTS[model] if outcome == "success" else 0)
     if outcome == "fail":
-        assert final.fail_code in ("500", "501") and "fail marker" in (final.fail_msg or "")
+        assert final.fail_code in ("400", "500", "501") and "fail marker" in (final.fail_msg or "")
 
 
 @pytest.mark.parametrize("outcome", ["success", "fail"])
 @pytest.mark.parametrize("model", FAMILY_MODELS)
 def test_client_creates_and_waits_through_the_family_endpoints(
-    emulator: EmulatorServer, model, outcome
+    emulator: EmulatorServer, callback_sink: CallbackSink, model, outcome
 ) -> None:
     prompt = "a lighthouse " + (FAIL_MARKER if outcome == "fail" else "")
+    # Suno's schema requires callBackUrl; the others may go without (polling alone).
+    callback = callback_sink.url if get_model(model).family.callback_required else None
 
     async def go():
         async with make_client(emulator) as client:
-            task_id = await client.create_task(model, {**INPUTS[model], "prompt": prompt})
+            inp = {**INPUTS[model], "prompt": prompt}
+            task_id = await client.create_task(model, inp, callback_url=callback)
             final = await client.wait(task_id, model=model)
-            sizes = [len((await client.fetch(u)).data) for u in final.result_urls]
+            media = get_model(model).media
+            sizes = [len((await client.fetch(u, media=media)).data) for u in final.result_urls]
             return task_id, final, sizes
 
     task_id, final, sizes = asyncio.run(go())
@@ -122,7 +145,13 @@ def test_client_creates_and_waits_through_the_family_endpoints(
     assert all(sizes)
     task = emulator.emulator.tasks[task_id]
     assert task.model == model and task.family == get_model(model).family.name
-    assert "model" not in task.body or task.body["model"] == model  # the flat body as sent
+    # The flat body as sent: Kie's model value where the family names one (suno/V5 is "V5").
+    family = get_model(model).family
+    assert task.body == family.body(model, get_model(model).validate(inp_of(model, outcome)), callback)
+
+
+def inp_of(model: str, outcome: str) -> dict:
+    return {**INPUTS[model], "prompt": "a lighthouse " + (FAIL_MARKER if outcome == "fail" else "")}
 
 
 @pytest.mark.parametrize("model", FAMILY_MODELS)
@@ -130,7 +159,11 @@ def test_the_raw_endpoints_follow_the_documents(emulator: EmulatorServer, model)
     family = get_model(model).family
     headers = {"Authorization": f"Bearer {emulator.config.api_key}"}
     with httpx.Client(base_url=emulator.url, headers=headers) as http:
-        created = http.post(family.create_path, json=family.body(model, INPUTS[model])).json()
+        if family.callback_required:  # Suno: the schema lists callBackUrl as required
+            refused = http.post(family.create_path, json=family.body(model, INPUTS[model]))
+            assert refused.status_code == 422 and "callBackUrl" in refused.json()["msg"]
+        body = family.body(model, INPUTS[model], "http://127.0.0.1:9/never-answers")
+        created = http.post(family.create_path, json=body).json()
         assert created["code"] == 200 and created["msg"] == "success"
         task_id = created["data"]["taskId"]
         data = http.get(family.status_path, params={"taskId": task_id}).json()["data"]
@@ -138,33 +171,42 @@ def test_the_raw_endpoints_follow_the_documents(emulator: EmulatorServer, model)
         # A task is known only at its own family's status endpoint; the jobs API does not know it.
         assert http.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}).status_code == 404
         # A jobs body at a flat family's endpoint is refused (its fields are not the family's).
-        jobs_shaped = {"model": model, "input": INPUTS[model]}
+        jobs_shaped = {"model": model, "input": INPUTS[model], "callBackUrl": "http://127.0.0.1:9/x"}
         assert http.post(family.create_path, json=jobs_shaped).status_code == 422
         assert http.post(family.create_path, content=b"{").status_code == 400
 
 
+async def create_with_callback(
+    client, input, *, model: str, sink: CallbackSink, validate: bool = True
+) -> str:
+    """create_task with a callback URL where the family requires one (Suno)."""
+    callback = sink.url if get_model(model).family.callback_required else None
+    return await client.create_task(model, input, callback_url=callback, validate=validate)
+
+
 @pytest.mark.parametrize("style", ["http", "body"])
 @pytest.mark.parametrize("model", FAMILY_MODELS)
-def test_errors_in_both_styles(emulator: EmulatorServer, model, style) -> None:
+def test_errors_in_both_styles(emulator: EmulatorServer, callback_sink: CallbackSink, model, style) -> None:
     """Kie reports errors as HTTP statuses or in the body's code: the client types them the same."""
     emulator.config.error_style = style
     emu = emulator.emulator
+    create = functools.partial(create_with_callback, model=model, sink=callback_sink)
 
     async def go():
         async with make_client(emulator) as client:
             # 550 (4o: queue full) is a refusal: retried, then the task is created once.
             emu.config.faults.force_code, emu.config.faults.force_count = 550, 1
-            task_id = await client.create_task(model, INPUTS[model])
+            task_id = await create(client, INPUTS[model])
             await client.wait(task_id, model=model)
             emu.config.faults.force_code, emu.config.faults.force_count = 550, 10
             with pytest.raises(KieServerError) as server:
-                await client.create_task(model, INPUTS[model])
+                await create(client, INPUTS[model])
             emu.config.faults.force_count = 0
             with pytest.raises(KieValidationError) as invalid:
-                await client.create_task(model, {"prompt": "x", "nope": 1}, validate=False)
+                await create(client, {"prompt": "x", "nope": 1}, validate=False)
             emu.config.balance = 0
             with pytest.raises(KieInsufficientCreditsError):
-                await client.create_task(model, INPUTS[model])
+                await create(client, INPUTS[model])
             return server.value, invalid.value
 
     server, invalid = asyncio.run(go())
@@ -185,19 +227,24 @@ def test_callbacks_have_the_family_shape_and_decode(
             inp = {**INPUTS[model], "prompt": prompt}
             task_id = await client.create_task(model, inp, callback_url=callback_sink.url)
             final = await client.wait(task_id, model=model)
-            while not emulator.emulator.tasks[task_id].callback_sent:
+            # Suno sends three callbacks on success (text, first, complete): wait for all of them.
+            expected = 3 if family.name == "suno" and outcome == "success" else 1
+            while len(callback_sink.received) < expected:
                 await asyncio.sleep(0.02)
             return final
 
+    family = get_model(model).family
     final = asyncio.run(go())
-    (body,) = callback_sink.received
-    payload = json.loads(body)
-    assert set(payload) == {"code", "msg", "data"} and set(payload["data"]) == {"taskId", "info"}
-    assert task_id_of(payload) == final.task_id
-    record = decode(payload, model)
-    assert record.state is final.state and record.result_urls == final.result_urls
-    assert (payload["code"] == 200) == (outcome == "success")
-    assert (payload["data"]["info"] is None) == (outcome == "fail")
+    payloads = [json.loads(body) for body in callback_sink.received]
+    records = [decode(payload, model) for payload in payloads]
+    for payload in payloads:
+        assert set(payload) == {"code", "msg", "data"}
+        assert set(payload["data"]) == CALLBACK_DATA_KEYS[family.name]
+        assert task_id_of(payload) == final.task_id
+    # Only the last callback ends the task; it carries what the status endpoint says.
+    assert [r.is_terminal for r in records] == [False] * (len(records) - 1) + [True]
+    assert records[-1].state is final.state and records[-1].result_urls == final.result_urls
+    assert (payloads[-1]["code"] == 200) == (outcome == "success")
 
 
 SECRET = "family-secret"
@@ -211,7 +258,12 @@ def test_rows_of_every_family_finish_by_their_callbacks(emulator: EmulatorServer
     store = TaskStore(str(tmp_path / "store"))
     rows = [{"id": "jobs", "prompt": "a jobs row"}]
     rows += [
-        {"id": f"f{i}", "model": m, "prompt": f"row of {m}", "aspect_ratio": "1:1"}
+        {
+            "id": f"f{i}",
+            "model": m,
+            "prompt": f"row of {m}",
+            **({"aspect_ratio": "1:1"} if m in IMAGE else {}),
+        }
         for i, m in enumerate(FAMILY_MODELS)
     ]
     manifest = validate_manifest(pd.DataFrame(rows))
@@ -231,6 +283,8 @@ def test_rows_of_every_family_finish_by_their_callbacks(emulator: EmulatorServer
 
         out, summary, usage = asyncio.run(go())
     assert summary.succeeded == len(rows) and (out["state"] == "success").all()
+    # Every result, several per task where the family gives several (Suno's two tracks).
+    assert len(out) == 1 + sum(1 if m in IMAGE else RESULTS[m] for m in FAMILY_MODELS)
     assert usage.polls == 0
     assert set(out["model"]) == {"nano-banana-pro", *FAMILY_MODELS}
 

@@ -27,6 +27,7 @@ from .errors import (
     KieError,
     KieInsufficientCreditsError,
     KieRateLimitError,
+    KieValidationError,
 )
 from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord, UploadedFile
 from .options import PollPolicy, RateLimits, RetryPolicy
@@ -236,6 +237,12 @@ class AsyncKieClient:
             input = validate_input(model, input)
         # Each family has its own endpoint and body shape (jobs: {model, input}; others flat).
         family = get_model(model).family
+        if family.callback_required and not callback_url:
+            raise KieValidationError(
+                f"Kie requires a callBackUrl for {model}: set the callback receiver (KIE_CALLBACK_URL).",
+                code=None,
+                field="callBackUrl",
+            )
         body = family.body(model, input, callback_url)
         try:
             data = await self._call(

@@ -216,3 +216,72 @@ def callback_task_id(payload: Any) -> str | None:
         value = data.get("taskId") or data.get("task_id")
     value = value or payload.get("taskId")
     return str(value) if value else None
+
+
+# -- Suno (kie-models.md section 5) ------------------------------------------------------------------
+
+_SUNO_KNOWN = {"taskId", "parentMusicId", "param", "response", "status", "type", "operationType",
+               "errorCode", "errorMessage"}  # fmt: skip
+#: Suno's staged statuses: lyrics written (TEXT_SUCCESS) and the first track ready (FIRST_SUCCESS) are
+#: not the end; every track is ready at SUCCESS.
+_SUNO_STATES = {
+    "PENDING": TaskState.WAITING,
+    "TEXT_SUCCESS": TaskState.GENERATING,
+    "FIRST_SUCCESS": TaskState.GENERATING,
+    "SUCCESS": TaskState.SUCCESS,
+    "CREATE_TASK_FAILED": TaskState.FAIL,
+    "GENERATE_AUDIO_FAILED": TaskState.FAIL,
+    "CALLBACK_EXCEPTION": TaskState.FAIL,
+    "SENSITIVE_WORD_ERROR": TaskState.FAIL,
+}
+
+
+def _tracks(items: Any, url_key: str) -> list[dict[str, Any]]:
+    return [t for t in items or [] if isinstance(t, dict) and t.get(url_key)]
+
+
+def decode_suno(data: Any) -> TaskRecord:
+    """``GET /api/v1/generate/record-info`` ``data``: ``status`` (8 values), tracks in
+    ``response.sunoData[].audioUrl`` (several per task). ``result["tracks"]`` keeps each track's
+    title, tags and duration as Kie gives them.
+
+    ``CALLBACK_EXCEPTION`` says Kie could not deliver the callback: when the record nevertheless has
+    every track's audio, the music exists and the task counts as a success; otherwise a failure.
+    """
+    data = _data(data, "Suno")
+    status = str(data.get("status") or "").upper()
+    state = _SUNO_STATES.get(status)
+    if state is None:
+        raise KieProtocolError(f"Kie Suno reported an unknown status {status!r}.")
+    response = data.get("response") if isinstance(data.get("response"), dict) else {}
+    tracks = _tracks(response.get("sunoData"), "audioUrl")
+    if status == "CALLBACK_EXCEPTION" and tracks:
+        state = TaskState.SUCCESS
+    record = _record(data, state, [], _SUNO_KNOWN)
+    if state is not TaskState.SUCCESS:
+        return record
+    param = _decode_json_string(data.get("param"), "param") if data.get("param") else None
+    return TaskRecord(
+        **{
+            **record.__dict__,
+            "param": param if isinstance(param, dict) else None,
+            "result": {"resultUrls": [str(t["audioUrl"]) for t in tracks], "tracks": tracks},
+        }
+    )
+
+
+def decode_suno_callback(payload: Any) -> TaskRecord:
+    """``{code, msg, data{callbackType, task_id, data[{audio_url, ...}]}}``: ``text`` and ``first``
+    are stages (non-terminal), ``complete`` the end, ``error`` (``data.data: null``) a failure."""
+    code, msg, data = _callback_parts(payload, "Suno")
+    task_id = data.get("task_id") or data.get("taskId")
+    kind = str(data.get("callbackType") or "").lower()
+    if kind in ("text", "first") and code == 200:
+        if not task_id:
+            raise KieProtocolError("Kie Suno callback lacks its task id.")
+        return TaskRecord(task_id=str(task_id), model=None, state=TaskState.GENERATING)
+    tracks = _tracks(data.get("data"), "audio_url") if kind == "complete" else []
+    record = _callback_record(task_id, code, msg, [str(t["audio_url"]) for t in tracks], "Suno")
+    if record.result is not None:
+        return TaskRecord(**{**record.__dict__, "result": {**record.result, "tracks": tracks}})
+    return record

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,6 +30,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .errors import KieValidationError
 from .families import (
@@ -38,6 +39,8 @@ from .families import (
     decode_flux_kontext,
     decode_flux_kontext_callback,
     decode_jobs_callback,
+    decode_suno,
+    decode_suno_callback,
     flat_body,
     jobs_body,
 )
@@ -101,12 +104,16 @@ class ApiFamily:
     flat: bool = False
     model_key: str | None = "model"
     default_model: str | None = None
+    #: Registry names are this prefix + Kie's model value (Suno's ``V4_5`` is ``suno/V4_5`` here).
+    model_prefix: str = ""
+    #: Kie's schema requires ``callBackUrl`` (Suno): a create call without one is refused.
+    callback_required: bool = False
 
     def body(self, model: str, input: Mapping[str, Any], callback_url: str | None = None) -> dict[str, Any]:
         """The create call's JSON body for ``model`` with (validated) ``input``."""
         if not self.flat:
             return jobs_body(model, input, callback_url)
-        return flat_body(self.model_key)(model, input, callback_url)
+        return flat_body(self.model_key)(model.removeprefix(self.model_prefix), input, callback_url)
 
     def split_body(self, body: Mapping[str, Any]) -> tuple[str | None, Any]:
         """The model and input a create body asks for (the inverse of :meth:`body`, callBackUrl aside)."""
@@ -114,7 +121,9 @@ class ApiFamily:
             return body.get("model"), body.get("input")
         rest = {k: v for k, v in body.items() if k != "callBackUrl"}
         model = rest.pop(self.model_key, None) if self.model_key else None
-        return model or self.default_model, rest
+        if isinstance(model, str) and model:
+            return self.model_prefix + model, rest
+        return self.default_model, rest
 
 
 #: The jobs ("market") API: ``POST /api/v1/jobs/createTask`` with ``{model, input}``.
@@ -129,8 +138,13 @@ FLUX_KONTEXT = ApiFamily(
     "flux-kontext", "/api/v1/flux/kontext/generate", "/api/v1/flux/kontext/record-info",
     decode_flux_kontext, decode_flux_kontext_callback, flat=True, default_model="flux-kontext-pro",
 )  # fmt: skip
+#: Suno music: ``model`` V4 ... V5_5 (section 5); several tracks per task; callBackUrl required.
+SUNO = ApiFamily(
+    "suno", "/api/v1/generate", "/api/v1/generate/record-info", decode_suno, decode_suno_callback,
+    flat=True, model_prefix="suno/", callback_required=True,
+)  # fmt: skip
 #: Every family, by name.
-FAMILIES = {f.name: f for f in (JOBS, GPT4O_IMAGE, FLUX_KONTEXT)}
+FAMILIES = {f.name: f for f in (JOBS, GPT4O_IMAGE, FLUX_KONTEXT, SUNO)}
 
 
 @dataclass(frozen=True)
@@ -139,7 +153,7 @@ class Output:
 
     aspect_ratio: str
     resolution: str
-    format: Literal["png", "jpg"]
+    format: Literal["png", "jpg", "mp3", "mp4"]
     count: int = 1
 
 
@@ -181,6 +195,10 @@ class ModelSpec:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = f"is not a field of {self.name} (its fields: {', '.join(self.input.model_fields)})"
+            head, _, rest = msg.partition(": ")
+            if not err["loc"] and head in self.input.model_fields:
+                # A rule across fields names the field it is about first ("prompt: ...").
+                name, msg = head, rest
             raise KieValidationError(f"{name}{where}: {msg}.", code=None, field=name) from None
         return parsed.model_dump(mode="json", exclude_none=True)
 
@@ -346,6 +364,58 @@ class FluxKontextInput(_Input):
         return value
 
 
+Weight = Annotated[float, Field(ge=0, le=1, multiple_of=0.01)]
+
+
+class SunoInput(_Input):
+    """Suno ``/api/v1/generate`` (kie-models.md section 5), V4_5 and later limits.
+
+    Kie's schema requires ``customMode`` and ``instrumental`` without giving defaults: both are
+    filled with false (the simple mode: ``prompt`` is an idea of at most 500 characters). In custom
+    mode ``style`` and ``title`` are required, and ``prompt`` (the exact lyrics) unless instrumental.
+    """
+
+    #: (prompt in custom mode, style) limits of this model version.
+    LIMITS: ClassVar[tuple[int, int]] = (5000, 1000)
+
+    prompt: Annotated[str, AfterValidator(_text)] | None = None
+    customMode: bool = False
+    instrumental: bool = False
+    style: str | None = None
+    title: Annotated[str, Field(max_length=80)] | None = None
+    negativeTags: str | None = None
+    vocalGender: Literal["m", "f"] | None = None
+    styleWeight: Weight | None = None
+    weirdnessConstraint: Weight | None = None
+    audioWeight: Weight | None = None
+    personaId: str | None = None
+
+    @model_validator(mode="after")
+    def _mode_rules(self) -> SunoInput:
+        prompt_max, style_max = self.LIMITS if self.customMode else (500, self.LIMITS[1])
+        if self.prompt is not None and len(self.prompt) > prompt_max:
+            raise PydanticCustomError("too_long", "prompt: at most {n} characters", {"n": prompt_max})
+        if self.style is not None and len(self.style) > style_max:
+            raise PydanticCustomError("too_long", "style: at most {n} characters", {"n": style_max})
+        if self.customMode:
+            for name in ("style", "title") + (() if self.instrumental else ("prompt",)):
+                if not getattr(self, name):
+                    raise PydanticCustomError("missing", f"{name}: required in custom mode")
+        else:
+            if not self.prompt:
+                raise PydanticCustomError("missing", "prompt: required without custom mode")
+            for name in ("vocalGender", "personaId"):
+                if getattr(self, name) is not None:
+                    raise PydanticCustomError("custom", f"{name}: only in custom mode (customMode: true)")
+        return self
+
+
+class SunoV4Input(SunoInput):
+    """Suno V3_5 and V4: custom-mode prompt at most 3000 characters, style 200."""
+
+    LIMITS: ClassVar[tuple[int, int]] = (3000, 200)
+
+
 # -- what each model returns -------------------------------------------------------------------------
 
 
@@ -373,6 +443,11 @@ def _gpt4o_image(inp: Mapping[str, Any]) -> Output:
 def _flux_kontext(inp: Mapping[str, Any]) -> Output:
     # An edit without aspectRatio keeps its source's ratio, which only Kie knows: square here.
     return Output(_ratio(inp.get("aspectRatio")), "1K", _fmt(inp.get("outputFormat")))
+
+
+def _suno(inp: Mapping[str, Any]) -> Output:
+    # Kie's examples give two tracks per request; the emulator returns as many.
+    return Output("1:1", "1K", "mp3", 2)
 
 
 def _seedream(inp: Mapping[str, Any]) -> Output:
@@ -441,6 +516,14 @@ MODELS: dict[str, ModelSpec] = {
                 _flux_kontext,  # no price in Kie's documents or the third-party lists
             )
             for name in ("flux-kontext-pro", "flux-kontext-max")
+        ),
+        *(
+            # V3_5 is only in the 2025 enum (the current quickstart still uses it): both accepted.
+            ModelSpec(
+                f"suno/{version}", SUNO, SunoV4Input if version in ("V3_5", "V4") else SunoInput,
+                MediaType.AUDIO, dict(_NAMED), _suno, {"*": 10},
+            )
+            for version in ("V3_5", "V4", "V4_5", "V4_5PLUS", "V4_5ALL", "V5", "V5_5")
         ),
     )
 }  # fmt: skip

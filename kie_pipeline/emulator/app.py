@@ -104,6 +104,8 @@ def build_app(emu: Emulator) -> Starlette:
         # Flat families name their fields at the top of the body; the task keeps {model, input}.
         model, inp = family.split_body(body)
         problem = _check_input(model, inp, family)
+        if not problem and family.callback_required and not body.get("callBackUrl"):
+            problem = "callBackUrl is required"
         if problem:
             return _error(emu, 422, problem)
         internal = body if family is JOBS else {"model": model, "input": inp}
@@ -252,16 +254,17 @@ async def _send_callback(emu: Emulator, task: Task, url: str, base_url: str) -> 
     if emu.draw_callback_lost():
         return
     if task.family in FAMILY_ANSWERS:
-        # Each family's own callback shape (kie-models.md section 8).
-        payload = FAMILY_ANSWERS[task.family][1](emu, task, base_url, time.monotonic())
+        # Each family's own callback shapes (kie-models.md section 8); Suno sends its stages too.
+        payloads = FAMILY_ANSWERS[task.family][1](emu, task, base_url, time.monotonic())
     else:
         # Callbacks carry Kie's credit figures (recordInfo only when credits_in_record is on).
         record = {**emu.record(task, base_url), **emu.credit_fields(task)}
-        payload = {"code": 200 if record["state"] == "success" else 501, "msg": "success", "data": record}
+        payloads = [{"code": 200 if record["state"] == "success" else 501, "msg": "success", "data": record}]
     faults = emu.config.faults
     async with httpx.AsyncClient(timeout=15) as client:
-        for _ in range(1 + max(0, faults.callback_duplicates)):
-            await _deliver(client, emu, task, url, payload)
+        for payload in payloads:
+            for _ in range(1 + max(0, faults.callback_duplicates)):
+                await _deliver(client, emu, task, url, payload)
 
 
 async def _deliver(

@@ -77,30 +77,102 @@ def record_flux_kontext(emu: Emulator, task: Task, base_url: str, now: float) ->
     }
 
 
-def callback_4o_image(emu: Emulator, task: Task, base_url: str, now: float) -> dict[str, Any]:
+def callback_4o_image(emu: Emulator, task: Task, base_url: str, now: float) -> list[dict[str, Any]]:
     """``{code:200, msg, data{taskId, info{result_urls[]}}}``; a failure has code 500 and ``info: null``."""
     if task.state_at(now) == "success":
         info: dict[str, Any] | None = {"result_urls": emu.result_urls(task, base_url)}
-        return {"code": 200, "msg": "success", "data": {"taskId": task.task_id, "info": info}}
-    return {"code": 500, "msg": FORCED_FAILURE, "data": {"taskId": task.task_id, "info": None}}
+        return [{"code": 200, "msg": "success", "data": {"taskId": task.task_id, "info": info}}]
+    return [{"code": 500, "msg": FORCED_FAILURE, "data": {"taskId": task.task_id, "info": None}}]
 
 
-def callback_flux_kontext(emu: Emulator, task: Task, base_url: str, now: float) -> dict[str, Any]:
+def callback_flux_kontext(emu: Emulator, task: Task, base_url: str, now: float) -> list[dict[str, Any]]:
     """``{code:200, msg:"BFL image generated successfully.", data{taskId, info{originImageUrl,
     resultImageUrl}}}``; a generation failure has code 501."""
     if task.state_at(now) == "success":
         url = emu.result_urls(task, base_url)[0]
         info = {"originImageUrl": url, "resultImageUrl": url}
-        return {
-            "code": 200,
-            "msg": "BFL image generated successfully.",
-            "data": {"taskId": task.task_id, "info": info},
+        msg = "BFL image generated successfully."
+        return [{"code": 200, "msg": msg, "data": {"taskId": task.task_id, "info": info}}]
+    return [{"code": 501, "msg": FORCED_FAILURE, "data": {"taskId": task.task_id, "info": None}}]
+
+
+#: Suno's status at each step of the task's timeline (kie-models.md section 5).
+_SUNO_STATUS = {"waiting": "PENDING", "queuing": "TEXT_SUCCESS", "generating": "FIRST_SUCCESS"}
+#: Seconds of each emulated track (what record-info reports as ``duration``).
+SUNO_TRACK_SECONDS = 0.5
+
+
+def _suno_tracks(emu: Emulator, task: Task, base_url: str, camel: bool) -> list[dict[str, Any]]:
+    """The task's tracks, camelCase as record-info writes them or snake_case as callbacks do."""
+    inp = task.input
+    tracks = []
+    for i, url in enumerate(emu.result_urls(task, base_url)):
+        track = {
+            "id": f"{task.task_id}-{i}",
+            "audioUrl": url,
+            "streamAudioUrl": url,
+            "imageUrl": None,
+            "prompt": inp.get("prompt", ""),
+            "modelName": task.model.removeprefix("suno/"),
+            "title": inp.get("title") or f"Track {i + 1}",
+            "tags": inp.get("style") or "emulated",
+            "createTime": task.created_ms,
+            "duration": SUNO_TRACK_SECONDS,
         }
-    return {"code": 501, "msg": FORCED_FAILURE, "data": {"taskId": task.task_id, "info": None}}
+        if not camel:
+            rename = {"audioUrl": "audio_url", "streamAudioUrl": "stream_audio_url", "imageUrl": "image_url",
+                      "modelName": "model_name"}  # fmt: skip
+            track = {rename.get(k, k): v for k, v in track.items()}
+        tracks.append(track)
+    return tracks
 
 
-#: Family name → (status record, callback payload).
+def record_suno(emu: Emulator, task: Task, base_url: str, now: float) -> dict[str, Any]:
+    """``GET /api/v1/generate/record-info`` ``data``: PENDING → TEXT_SUCCESS → FIRST_SUCCESS →
+    SUCCESS (or GENERATE_AUDIO_FAILED), every track in ``response.sunoData`` at SUCCESS."""
+    state = task.state_at(now)
+    failed = state == "fail"
+    status = "SUCCESS" if state == "success" else "GENERATE_AUDIO_FAILED" if failed else _SUNO_STATUS[state]
+    response = None
+    if state == "success":
+        response = {"taskId": task.task_id, "sunoData": _suno_tracks(emu, task, base_url, camel=True)}
+    return {
+        "taskId": task.task_id,
+        "parentMusicId": "",
+        "param": json.dumps(task.body if task.body is not None else task.request),
+        "response": response,
+        "status": status,
+        "type": "GENERATE",
+        "operationType": "generate",
+        "errorCode": 400 if failed else None,
+        "errorMessage": FORCED_FAILURE if failed else None,
+    }
+
+
+def callback_suno(emu: Emulator, task: Task, base_url: str, now: float) -> list[dict[str, Any]]:
+    """Suno's callbacks in order: ``text``, ``first``, then ``complete`` with every track (snake_case
+    keys), or one ``error`` with ``data.data: null``."""
+    if task.state_at(now) != "success":
+        data = {"callbackType": "error", "task_id": task.task_id, "data": None}
+        return [{"code": 400, "msg": FORCED_FAILURE, "data": data}]
+    tracks = _suno_tracks(emu, task, base_url, camel=False)
+    stages = (("text", "Text generation completed."), ("first", "First track completed."),
+              ("complete", "All generated successfully."))  # fmt: skip
+    # The text stage has lyrics but no audio yet; the first stage carries the first track.
+    carried = {"text": [], "first": tracks[:1], "complete": tracks}
+    return [
+        {
+            "code": 200,
+            "msg": msg,
+            "data": {"callbackType": kind, "task_id": task.task_id, "data": carried[kind]},
+        }
+        for kind, msg in stages
+    ]
+
+
+#: Family name → (status record, callback payloads in the order Kie sends them).
 FAMILY_ANSWERS = {
     "4o-image": (record_4o_image, callback_4o_image),
     "flux-kontext": (record_flux_kontext, callback_flux_kontext),
+    "suno": (record_suno, callback_suno),
 }

@@ -116,21 +116,41 @@ class CallbackBox:
         return self.store.normalize(join(self.store.root, "callbacks", request_key))
 
     def deliver(self, request_key: str, task_id: str, payload: dict[str, Any]) -> bool:
-        """Keep one delivery; False when this task's callback was already kept (a duplicate)."""
+        """Keep one delivery; False when this task's callback was already kept (a duplicate).
+
+        A task may send several different callbacks (Suno: ``text``, ``first``, ``complete``): each
+        distinct body is kept, in order of arrival (under ``later``); a repeated body changes nothing.
+        Kie sends a task's callbacks one after another, so two of them never race for the file.
+        """
         path = f"{self._folder(request_key)}/{task_id}.json"
-        if self.store.fs.exists(path):
-            return False
-        entry = {"received_at": datetime.now(UTC).isoformat(), "payload": payload}
+        entry = self._entry(path)
+        if entry is not None:
+            if payload == entry.get("payload") or payload in entry.get("later", []):
+                return False
+            entry["later"] = [*entry.get("later", []), payload]
+        else:
+            entry = {"received_at": datetime.now(UTC).isoformat(), "payload": payload}
         atomic_write(self.store.fs, path, json.dumps(entry, sort_keys=True).encode())
         return True
 
-    def get(self, request_key: str, task_id: str) -> dict[str, Any] | None:
-        """The callback body of one task, or None before it arrives."""
+    def _entry(self, path: str) -> dict[str, Any] | None:
         try:
-            data = self.store.fs.cat_file(f"{self._folder(request_key)}/{task_id}.json")
-            return json.loads(data)["payload"]
-        except (FileNotFoundError, ValueError, KeyError):
+            entry = json.loads(self.store.fs.cat_file(path))
+        except (FileNotFoundError, ValueError):
             return None
+        return entry if isinstance(entry, dict) else None
+
+    def get(self, request_key: str, task_id: str) -> dict[str, Any] | None:
+        """The first callback body of one task, or None before it arrives."""
+        bodies = self.payloads(request_key, task_id)
+        return bodies[0] if bodies else None
+
+    def payloads(self, request_key: str, task_id: str) -> list[dict[str, Any]]:
+        """Every distinct callback body of one task, first delivery first."""
+        entry = self._entry(f"{self._folder(request_key)}/{task_id}.json")
+        if entry is None or "payload" not in entry:
+            return []
+        return [entry["payload"], *entry.get("later", [])]
 
     def task_ids(self, request_key: str) -> list[str]:
         """Every task id a callback delivered for a row (oldest delivery first)."""
@@ -182,8 +202,8 @@ class CallbackWaiter:
         next_poll = started + (self.fallback_poll_s if first_delay is None else first_delay)
         last_state: str | None = None
         while True:
-            payload = await asyncio.to_thread(self.box.get, key, task_id)
-            if payload is not None:
+            # A family may report stages before the end (Suno): the first terminal body ends it.
+            for payload in await asyncio.to_thread(self.box.payloads, key, task_id):
                 record = decode(payload, model)
                 if record.is_terminal:
                     return record
