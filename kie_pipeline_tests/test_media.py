@@ -15,7 +15,7 @@ import pytest
 from kie_pipeline.client import KieDownloadError, PollingWaiter, PollPolicy, TaskRecord
 from kie_pipeline.client.download import fetch, size_cap
 from kie_pipeline.client.registry import JOBS, MODELS, MediaType, ModelSpec, Output, Prompt, _Input
-from kie_pipeline.emulator import EmulatorServer
+from kie_pipeline.emulator import FAIL_MARKER, EmulatorServer
 from kie_pipeline.emulator.render import render_media
 from kie_pipeline.pipeline.callbacks import CallbackSettings
 from kie_pipeline.pipeline.catalog import build_catalog, thumbnail_markdown, typed
@@ -188,6 +188,7 @@ def test_video_audio_and_image_rows_end_to_end(emulator: EmulatorServer, tmp_pat
                 {"id": "v", "model": "test/clip-video", "prompt": "a river"},
                 {"id": "a", "model": "test/clip-audio", "prompt": "a song"},
                 {"id": "i", "prompt": "a fox"},
+                {"id": "vf", "model": "test/clip-video", "prompt": f"a flood {FAIL_MARKER}"},
             ]
         )
     )
@@ -198,8 +199,10 @@ def test_video_audio_and_image_rows_end_to_end(emulator: EmulatorServer, tmp_pat
             return await generate_batch(client, store, rows)
 
     out, summary = asyncio.run(go())
-    assert summary.succeeded == 3
+    assert (summary.succeeded, summary.failed) == (3, 1)
     cat = build_catalog([out]).set_index("id")
+    # A failed row still says what its model returns; it has no file to describe.
+    assert cat.loc["vf", "media_type"] == "video" and pd.isna(cat.loc["vf", "mime_type"])
     assert cat.loc["v", "media_type"] == "video" and cat.loc["v", "mime_type"] == "video/mp4"
     assert (cat.loc["v", "width"], cat.loc["v", "height"], cat.loc["v", "format"]) == (64, 48, "mp4")
     assert cat.loc["v", "duration_s"] == pytest.approx(0.5, abs=0.15)
