@@ -39,11 +39,16 @@ INPUTS = {
     "flux-kontext-pro": {"prompt": "a lighthouse", "aspectRatio": "4:3"},
     "flux-kontext-max": {"prompt": "a lighthouse", "outputFormat": "png"},
     **{m: {"prompt": "a lighthouse", "instrumental": True} for m in MODELS if m.startswith("suno/")},
+    "veo3": {"prompt": "a lighthouse", "aspect_ratio": "9:16"},
+    "veo3_fast": {"prompt": "a lighthouse", "imageUrls": ["https://example.com/a.png"]},
+    "veo3_lite": {"prompt": "a lighthouse", "aspectRatio": "16:9", "resolution": "1080p"},
 }
 #: Results per successful task of each input above.
-RESULTS = {"gpt4o-image": 4, "flux-kontext-pro": 1, "flux-kontext-max": 1} | {
-    m: 2 for m in MODELS if m.startswith("suno/")
-}
+RESULTS = (
+    {"gpt4o-image": 4, "flux-kontext-pro": 1, "flux-kontext-max": 1}
+    | {m: 2 for m in MODELS if m.startswith("suno/")}
+    | {"veo3": 1, "veo3_fast": 1, "veo3_lite": 1}
+)
 #: The keys each family's status ``data`` has (kie-models.md sections 1 and 2).
 RECORD_KEYS = {
     "4o-image": {"taskId", "paramJson", "completeTime", "response", "successFlag", "status", "errorCode",
@@ -52,6 +57,8 @@ RECORD_KEYS = {
                      "errorCode", "errorMessage"},
     "suno": {"taskId", "parentMusicId", "param", "response", "status", "type", "operationType", "errorCode",
              "errorMessage"},
+    "veo": {"taskId", "paramJson", "completeTime", "createTime", "response", "successFlag", "errorCode",
+            "errorMessage", "fallbackFlag"},
 }  # fmt: skip
 #: What each family's record says at a fraction of the task's time (see Task.state_at):
 #: (successFlag, status), None where the family has no such field, for a success and a failure.
@@ -69,12 +76,14 @@ TIMELINE = {
         "fail": [(None, "PENDING"), (None, "TEXT_SUCCESS"), (None, "FIRST_SUCCESS"),
                  (None, "GENERATE_AUDIO_FAILED")],
     },
+    "veo": {"success": [(0, None)] * 3 + [(1, None)], "fail": [(0, None)] * 3 + [(3, None)]},
 }  # fmt: skip
 #: Each family's callback keys (kie-models.md section 8): the data object's, and where the task id is.
 CALLBACK_DATA_KEYS = {
     "4o-image": {"taskId", "info"},
     "flux-kontext": {"taskId", "info"},
     "suno": {"callbackType", "task_id", "data"},
+    "veo": {"taskId", "info", "fallbackFlag"},  # a failure has no info
 }
 #: The image models among them (the named aspect_ratio column is theirs).
 IMAGE = {m for m in FAMILY_MODELS if MODELS[m].media == "image"}
@@ -239,7 +248,7 @@ def test_callbacks_have_the_family_shape_and_decode(
     records = [decode(payload, model) for payload in payloads]
     for payload in payloads:
         assert set(payload) == {"code", "msg", "data"}
-        assert set(payload["data"]) == CALLBACK_DATA_KEYS[family.name]
+        assert set(payload["data"]) <= CALLBACK_DATA_KEYS[family.name]
         assert task_id_of(payload) == final.task_id
     # Only the last callback ends the task; it carries what the status endpoint says.
     assert [r.is_terminal for r in records] == [False] * (len(records) - 1) + [True]
@@ -300,3 +309,20 @@ def test_a_signed_family_callback_names_its_task(emulator: EmulatorServer) -> No
     aleph = {"code": 200, "msg": "success", "taskId": "t2", "data": {"result_video_url": "https://x/v.mp4"}}
     runway = {"code": 200, "msg": "All generated successfully.", "data": {"task_id": "t3", "video_url": "u"}}
     assert task_id_of(aleph) == "t2" and task_id_of(runway) == "t3"
+
+
+def test_veo_1080p_is_retrieved_after_success(emulator: EmulatorServer) -> None:
+    """get-1080p-video answers 422 ("record status is not success") until the task succeeds."""
+
+    async def go():
+        async with make_client(emulator) as client:
+            stuck = await client.create_task("veo3_fast", {"prompt": "a wave #kie-stuck"})
+            with pytest.raises(KieValidationError) as early:
+                await client.get_veo_1080p(stuck)
+            task_id = await client.create_task("veo3_fast", {"prompt": "a wave"})
+            final = await client.wait(task_id, model="veo3_fast")
+            return early.value, final, await client.get_veo_1080p(task_id, index=0)
+
+    early, final, url = asyncio.run(go())
+    assert early.code == 422 and "not success" in str(early)
+    assert url == final.result_urls[0]

@@ -138,6 +138,9 @@ ROWS = {
     "flux-kontext-pro": {"aspect_ratio": "21:9", "output_format": "png"},
     "flux-kontext-max": {"image_input": "https://example.com/in.png", "aspect_ratio": "9:16"},
     **{m: {} for m in MODELS if m.startswith("suno/")},
+    "veo3": {"aspect_ratio": "9:16"},
+    "veo3_fast": {"image_input": "https://example.com/first.png|https://example.com/last.png"},
+    "veo3_lite": {"resolution": "1080p", "input": json.dumps({"seeds": 12345})},
     "suno/V5": {
         "input": json.dumps({"customMode": True, "style": "lo-fi", "title": "Tide", "vocalGender": "f"})
     },
@@ -156,6 +159,10 @@ EXPECTED = {
     "flux-kontext-max": (1, "portrait"),
     # Audio has no orientation: two tracks per Suno task.
     **{m: (2, None) for m in MODELS if m.startswith("suno/")},
+    # One clip per Veo task (the emulator's small test video).
+    "veo3": (1, None),
+    "veo3_fast": (1, None),
+    "veo3_lite": (1, None),
 }
 
 

@@ -26,6 +26,7 @@ from .errors import (
     KieCreateUncertainError,
     KieError,
     KieInsufficientCreditsError,
+    KieProtocolError,
     KieRateLimitError,
     KieValidationError,
 )
@@ -307,6 +308,22 @@ class AsyncKieClient:
         """Create a task and wait for its final record."""
         task_id = await self.create_task(model, input)
         return await self.wait(task_id, model=model, timeout=timeout)
+
+    async def get_veo_1080p(self, task_id: str, *, index: int = 0) -> str:
+        """``GET /api/v1/veo/get-1080p-video``: the 1080p URL of a successful Veo task's video
+        ``index``. Kie makes it in 1-3 minutes after success and answers non-200 until then (retry
+        every 20-30 s); videos of the deprecated fallback cannot have one."""
+        data = await self._call(
+            "GET",
+            "/api/v1/veo/get-1080p-video",
+            "veo get-1080p-video",
+            limiter=self.poll_limiter,
+            params={"taskId": task_id, "index": str(index)},
+        )
+        url = data.get("resultUrl") if isinstance(data, dict) else None
+        if not url:
+            raise KieProtocolError("Kie get-1080p-video answered without data.resultUrl.")
+        return str(url)
 
     async def get_credits(self) -> float:
         """``GET /api/v1/chat/credit``: the account's credit balance."""

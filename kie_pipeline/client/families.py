@@ -129,19 +129,24 @@ def _progress(value: Any) -> float:
 
 _FLUX_KNOWN = {"taskId", "paramJson", "completeTime", "response", "successFlag", "errorCode",
                "errorMessage", "createTime"}  # fmt: skip
-#: Flux Kontext ``successFlag``: 0 GENERATING, 1 SUCCESS, 2 CREATE_TASK_FAILED, 3 GENERATE_FAILED.
-_FLUX_STATES = {0: TaskState.GENERATING, 1: TaskState.SUCCESS, 2: TaskState.FAIL, 3: TaskState.FAIL}
+#: ``successFlag`` of Flux Kontext and Veo: 0 generating, 1 success, 2 CREATE_TASK_FAILED (Veo:
+#: failed), 3 GENERATE_FAILED (Veo: in the text, not the schema's enum: read as failure too).
+_FLAG_STATES = {0: TaskState.GENERATING, 1: TaskState.SUCCESS, 2: TaskState.FAIL, 3: TaskState.FAIL}
+
+
+def _flag_state(data: dict[str, Any], family: str) -> TaskState:
+    try:
+        return _FLAG_STATES[int(data.get("successFlag"))]
+    except (TypeError, ValueError, KeyError):
+        raise KieProtocolError(
+            f"Kie {family} reported an unknown successFlag {data.get('successFlag')!r}."
+        ) from None
 
 
 def decode_flux_kontext(data: Any) -> TaskRecord:
     """``GET /api/v1/flux/kontext/record-info`` ``data``: one ``response.resultImageUrl``."""
     data = _data(data, "Flux Kontext")
-    try:
-        state = _FLUX_STATES[int(data.get("successFlag"))]
-    except (TypeError, ValueError, KeyError):
-        raise KieProtocolError(
-            f"Kie Flux Kontext reported an unknown successFlag {data.get('successFlag')!r}."
-        ) from None
+    state = _flag_state(data, "Flux Kontext")
     response = data.get("response") if isinstance(data.get("response"), dict) else {}
     urls = _urls(response.get("resultImageUrl")) if state is TaskState.SUCCESS else []
     model = (_decode_json_string(data.get("paramJson"), "paramJson") or {}) if data.get("paramJson") else {}
@@ -285,3 +290,28 @@ def decode_suno_callback(payload: Any) -> TaskRecord:
     if record.result is not None:
         return TaskRecord(**{**record.__dict__, "result": {**record.result, "tracks": tracks}})
     return record
+
+
+# -- Veo 3.1 (kie-models.md section 3) ---------------------------------------------------------------
+
+_VEO_KNOWN = {"taskId", "paramJson", "completeTime", "createTime", "response", "successFlag", "errorCode",
+              "errorMessage", "resultUrls"}  # fmt: skip
+
+
+def decode_veo(data: Any) -> TaskRecord:
+    """``GET /api/v1/veo/record-info`` ``data``: videos in ``response.resultUrls`` (the quickstart
+    reads a JSON string ``data.resultUrls`` instead: both accepted)."""
+    data = _data(data, "Veo")
+    state = _flag_state(data, "Veo")
+    response = data.get("response") if isinstance(data.get("response"), dict) else {}
+    urls = _urls(response.get("resultUrls") or data.get("resultUrls")) if state is TaskState.SUCCESS else []
+    return _record(data, state, urls, _VEO_KNOWN)
+
+
+def decode_veo_callback(payload: Any) -> TaskRecord:
+    """``{code, msg, data{taskId, info{resultUrls[], originUrls[], resolution}, fallbackFlag}}``
+    (``info.resultUrls`` an array or a JSON string); failures 400/422/500/501 with ``data{taskId}``."""
+    code, msg, data = _callback_parts(payload, "Veo")
+    info = data.get("info") if isinstance(data.get("info"), dict) else {}
+    urls = _urls(info.get("resultUrls") or info.get("result_urls"))
+    return _callback_record(data.get("taskId") or data.get("task_id"), code, msg, urls, "Veo")

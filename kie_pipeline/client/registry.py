@@ -41,6 +41,8 @@ from .families import (
     decode_jobs_callback,
     decode_suno,
     decode_suno_callback,
+    decode_veo,
+    decode_veo_callback,
     flat_body,
     jobs_body,
 )
@@ -143,8 +145,13 @@ SUNO = ApiFamily(
     "suno", "/api/v1/generate", "/api/v1/generate/record-info", decode_suno, decode_suno_callback,
     flat=True, model_prefix="suno/", callback_required=True,
 )  # fmt: skip
+#: Veo 3.1 video: ``model`` veo3 (Quality), veo3_fast (Kie's default), veo3_lite (section 3).
+VEO = ApiFamily(
+    "veo", "/api/v1/veo/generate", "/api/v1/veo/record-info", decode_veo, decode_veo_callback,
+    flat=True, default_model="veo3_fast",
+)  # fmt: skip
 #: Every family, by name.
-FAMILIES = {f.name: f for f in (JOBS, GPT4O_IMAGE, FLUX_KONTEXT, SUNO)}
+FAMILIES = {f.name: f for f in (JOBS, GPT4O_IMAGE, FLUX_KONTEXT, SUNO, VEO)}
 
 
 @dataclass(frozen=True)
@@ -416,6 +423,67 @@ class SunoV4Input(SunoInput):
     LIMITS: ClassVar[tuple[int, int]] = (3000, 200)
 
 
+VEO_GENERATION = Literal["TEXT_2_VIDEO", "FIRST_AND_LAST_FRAMES_2_VIDEO", "REFERENCE_2_VIDEO"]
+
+
+class VeoInput(_Input):
+    """Veo 3.1 ``/api/v1/veo/generate`` (section 3). ``imageUrls``: 1 image is animated, 2 are the
+    first and last frames, REFERENCE_2_VIDEO takes 1-3; ``generationType`` omitted is inferred by Kie.
+
+    ``aspectRatio`` (older docs, the SDK, callbacks) is read as ``aspect_ratio`` (current docs).
+    ``resolution`` (720p default, 1080p, 4k) and ``veo3_lite`` are in the 2026 docs only: accepted,
+    not filled in. REFERENCE_2_VIDEO: veo3_fast in the schema, also Lite on a newer page.
+    """
+
+    #: Whether this model takes REFERENCE_2_VIDEO.
+    REFERENCE: ClassVar[bool] = True
+
+    prompt: _text_prompt()
+    imageUrls: list[Url] | None = Field(default=None, min_length=1, max_length=3)
+    generationType: VEO_GENERATION | None = None
+    aspect_ratio: Literal["16:9", "9:16", "Auto"] = "16:9"
+    resolution: Literal["720p", "1080p", "4k"] | None = None
+    seeds: int | None = Field(default=None, ge=10_000, le=99_999)
+    enableTranslation: bool = True
+    watermark: str | None = None
+    #: Deprecated (its videos cannot use get-1080p).
+    enableFallback: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "aspectRatio" in data:
+            data = dict(data)
+            old = data.pop("aspectRatio")
+            if data.setdefault("aspect_ratio", old) != old:
+                raise PydanticCustomError("conflict", "aspect_ratio: differs from aspectRatio (give one)")
+        return data
+
+    @model_validator(mode="after")
+    def _images(self) -> VeoInput:
+        n, kind = len(self.imageUrls or []), self.generationType
+        problem = None
+        if kind == "REFERENCE_2_VIDEO" and not self.REFERENCE:
+            problem = "generationType: REFERENCE_2_VIDEO needs veo3_fast or veo3_lite"
+        elif kind == "REFERENCE_2_VIDEO" and n == 0:
+            problem = "imageUrls: REFERENCE_2_VIDEO takes 1 to 3 images"
+        elif kind == "TEXT_2_VIDEO" and n:
+            problem = "imageUrls: TEXT_2_VIDEO takes no images"
+        elif kind != "REFERENCE_2_VIDEO" and n > 2:
+            problem = "imageUrls: at most 2 (first and last frame) unless REFERENCE_2_VIDEO"
+        elif kind == "FIRST_AND_LAST_FRAMES_2_VIDEO" and n == 0:
+            problem = "imageUrls: FIRST_AND_LAST_FRAMES_2_VIDEO takes 1 or 2 images"
+        if problem:
+            raise PydanticCustomError("images", problem)
+        return self
+
+
+class VeoQualityInput(VeoInput):
+    """``veo3`` (Quality): no REFERENCE_2_VIDEO."""
+
+    REFERENCE: ClassVar[bool] = False
+
+
 # -- what each model returns -------------------------------------------------------------------------
 
 
@@ -443,6 +511,11 @@ def _gpt4o_image(inp: Mapping[str, Any]) -> Output:
 def _flux_kontext(inp: Mapping[str, Any]) -> Output:
     # An edit without aspectRatio keeps its source's ratio, which only Kie knows: square here.
     return Output(_ratio(inp.get("aspectRatio")), "1K", _fmt(inp.get("outputFormat")))
+
+
+def _veo(inp: Mapping[str, Any]) -> Output:
+    ratio = inp.get("aspect_ratio", "16:9")
+    return Output("16:9" if ratio == "Auto" else ratio, inp.get("resolution", "720p"), "mp4")
 
 
 def _suno(inp: Mapping[str, Any]) -> Output:
@@ -516,6 +589,16 @@ MODELS: dict[str, ModelSpec] = {
                 _flux_kontext,  # no price in Kie's documents or the third-party lists
             )
             for name in ("flux-kontext-pro", "flux-kontext-max")
+        ),
+        *(
+            # Third-party prices per 8 s clip (section 9, unconfirmed); Lite is in the 2026 docs only.
+            ModelSpec(
+                name, VEO, VeoQualityInput if name == "veo3" else VeoInput, MediaType.VIDEO,
+                {**_NAMED, "aspect_ratio": "aspect_ratio", "resolution": "resolution",
+                 "image_input": "imageUrls"},
+                _veo, {"*": price},
+            )
+            for name, price in (("veo3", 250), ("veo3_fast", 60), ("veo3_lite", 30))
         ),
         *(
             # V3_5 is only in the 2025 enum (the current quickstart still uses it): both accepted.

@@ -142,6 +142,25 @@ def build_app(emu: Emulator) -> Starlette:
             return _ok(FAMILY_ANSWERS[family.name][0](emu, task, _base(request), time.monotonic()))
         return _ok(emu.record(task, _base(request)))
 
+    async def veo_1080p(request: Request) -> Response:
+        """``GET /api/v1/veo/get-1080p-video?taskId=&index=``: ``data.resultUrl`` once the task has
+        succeeded (422 with Kie's texts before, or for an index it does not have)."""
+        if not _authorized(emu, request):
+            return _error(emu, 401, "You do not have access permissions")
+        task = emu.tasks.get(request.query_params.get("taskId", ""))
+        if task is None or task.family != "veo":
+            return _error(emu, 422, "record is null")
+        try:
+            index = int(request.query_params.get("index", "0"))
+        except ValueError:
+            return _error(emu, 422, "index must be an integer")
+        if task.state_at(time.monotonic()) != "success":
+            return _error(emu, 422, "record status is not success")
+        urls = emu.result_urls(task, _base(request))
+        if not 0 <= index < len(urls):
+            return _error(emu, 422, "record result data is empty")
+        return _ok({"resultUrl": urls[index]})
+
     async def credit(request: Request) -> Response:
         if not _authorized(emu, request):
             return _error(emu, 401, "You do not have access permissions")
@@ -218,6 +237,7 @@ def build_app(emu: Emulator) -> Starlette:
         Route("/api/v1/jobs/createTask", create_task, methods=["POST"]),
         Route("/api/v1/jobs/recordInfo", record_info, methods=["GET"]),
         Route("/api/v1/chat/credit", credit, methods=["GET"]),
+        Route("/api/v1/veo/get-1080p-video", veo_1080p, methods=["GET"]),
         Route("/api/v1/common/download-url", download_url, methods=["POST"]),
         Route("/files/{name}", files, methods=["GET"]),
         Route("/emulator/stats", stats, methods=["GET"]),

@@ -67,9 +67,13 @@ def record_flux_kontext(emu: Emulator, task: Task, base_url: str, now: float) ->
         url = emu.result_urls(task, base_url)[0]
         # originImageUrl is Kie's own (10-minute) link to the same image.
         response = {"originImageUrl": url, "resultImageUrl": url}
+    return {**record, **_flagged(state, response)}
+
+
+def _flagged(state: str, response: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``successFlag`` fields of Flux Kontext and Veo: 0 running, 1 success, 3 generation failed."""
     failed = state == "fail"
     return {
-        **record,
         "response": response,
         "successFlag": 1 if state == "success" else 3 if failed else 0,
         "errorCode": 501 if failed else None,
@@ -170,9 +174,43 @@ def callback_suno(emu: Emulator, task: Task, base_url: str, now: float) -> list[
     ]
 
 
+def record_veo(emu: Emulator, task: Task, base_url: str, now: float) -> dict[str, Any]:
+    """``GET /api/v1/veo/record-info`` ``data``: successFlag 0 generating, 1 success, 3 generation
+    failed; videos in ``response.resultUrls`` (``originUrls`` only when the ratio is not 16:9)."""
+    state = task.state_at(now)
+    record = _common(emu, task, state)
+    response = None
+    if state == "success":
+        urls = emu.result_urls(task, base_url)
+        ratio = task.input.get("aspect_ratio", "16:9")
+        response = {
+            "taskId": task.task_id,
+            "resultUrls": urls,
+            "originUrls": urls if ratio != "16:9" else None,
+            "fullResultUrls": None,
+            "resolution": task.input.get("resolution", "720p"),
+        }
+    return {**record, **_flagged(state, response), "fallbackFlag": False}
+
+
+def callback_veo(emu: Emulator, task: Task, base_url: str, now: float) -> list[dict[str, Any]]:
+    """``{code:200, msg, data{taskId, info{resultUrls, originUrls, resolution}, fallbackFlag}}``; a
+    failure: code 501, ``data{taskId, fallbackFlag}``."""
+    if task.state_at(now) != "success":
+        return [{"code": 501, "msg": FORCED_FAILURE, "data": {"taskId": task.task_id, "fallbackFlag": False}}]
+    info = {
+        "resultUrls": emu.result_urls(task, base_url),
+        "originUrls": [],
+        "resolution": task.input.get("resolution", "720p"),
+    }
+    data = {"taskId": task.task_id, "info": info, "fallbackFlag": False}
+    return [{"code": 200, "msg": "Veo3 video generated successfully.", "data": data}]
+
+
 #: Family name → (status record, callback payloads in the order Kie sends them).
 FAMILY_ANSWERS = {
     "4o-image": (record_4o_image, callback_4o_image),
     "flux-kontext": (record_flux_kontext, callback_flux_kontext),
     "suno": (record_suno, callback_suno),
+    "veo": (record_veo, callback_veo),
 }
