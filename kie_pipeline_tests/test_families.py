@@ -42,12 +42,13 @@ INPUTS = {
     "veo3": {"prompt": "a lighthouse", "aspect_ratio": "9:16"},
     "veo3_fast": {"prompt": "a lighthouse", "imageUrls": ["https://example.com/a.png"]},
     "veo3_lite": {"prompt": "a lighthouse", "aspectRatio": "16:9", "resolution": "1080p"},
+    "runway": {"prompt": "a lighthouse", "duration": 10, "quality": "720p", "aspectRatio": "4:3"},
 }
 #: Results per successful task of each input above.
 RESULTS = (
     {"gpt4o-image": 4, "flux-kontext-pro": 1, "flux-kontext-max": 1}
     | {m: 2 for m in MODELS if m.startswith("suno/")}
-    | {"veo3": 1, "veo3_fast": 1, "veo3_lite": 1}
+    | {"veo3": 1, "veo3_fast": 1, "veo3_lite": 1, "runway": 1}
 )
 #: The keys each family's status ``data`` has (kie-models.md sections 1 and 2).
 RECORD_KEYS = {
@@ -59,6 +60,8 @@ RECORD_KEYS = {
              "errorMessage"},
     "veo": {"taskId", "paramJson", "completeTime", "createTime", "response", "successFlag", "errorCode",
             "errorMessage", "fallbackFlag"},
+    "runway": {"taskId", "parentTaskId", "generateParam", "state", "generateTime", "videoInfo", "failCode",
+               "failMsg", "expireFlag"},
 }  # fmt: skip
 #: What each family's record says at a fraction of the task's time (see Task.state_at):
 #: (successFlag, status), None where the family has no such field, for a success and a failure.
@@ -77,6 +80,10 @@ TIMELINE = {
                  (None, "GENERATE_AUDIO_FAILED")],
     },
     "veo": {"success": [(0, None)] * 3 + [(1, None)], "fail": [(0, None)] * 3 + [(3, None)]},
+    "runway": {
+        "success": [(None, "wait"), (None, "queueing"), (None, "generating"), (None, "success")],
+        "fail": [(None, "wait"), (None, "queueing"), (None, "generating"), (None, "fail")],
+    },
 }  # fmt: skip
 #: Each family's callback keys (kie-models.md section 8): the data object's, and where the task id is.
 CALLBACK_DATA_KEYS = {
@@ -84,6 +91,7 @@ CALLBACK_DATA_KEYS = {
     "flux-kontext": {"taskId", "info"},
     "suno": {"callbackType", "task_id", "data"},
     "veo": {"taskId", "info", "fallbackFlag"},  # a failure has no info
+    "runway": {"task_id", "video_id", "video_url", "image_url"},
 }
 #: The image models among them (the named aspect_ratio column is theirs).
 IMAGE = {m for m in FAMILY_MODELS if MODELS[m].media == "image"}
@@ -118,8 +126,12 @@ def test_the_emulator_reports_each_state_as_the_family_documents(model, outcome)
     for fraction, (flag, status) in zip(FRACTIONS, TIMELINE[family.name][outcome], strict=True):
         data = record(emu, task, "http://emu", task.created_mono + fraction * task.duration)
         assert set(data) == RECORD_KEYS[family.name]
-        assert data.get("successFlag") == flag and data.get("status") == status
-        assert json.loads(data.get("paramJson") or data["param"]) == task.body
+        # Runway's word is "state"; the others say "status" or only successFlag.
+        assert data.get("successFlag") == flag and data.get("status", data.get("state")) == status
+        if family.name == "runway":
+            assert data["generateParam"]["prompt"] == task.body["prompt"]
+        else:
+            assert json.loads(data.get("paramJson") or data["param"]) == task.body
         decoded = family.decode(data)
         seen.append(decoded.state)
         assert decoded.is_terminal == (fraction == 1.0)
@@ -272,6 +284,12 @@ def test_rows_of_every_family_finish_by_their_callbacks(emulator: EmulatorServer
             "model": m,
             "prompt": f"row of {m}",
             **({"aspect_ratio": "1:1"} if m in IMAGE else {}),
+            # Runway requires duration and quality (no defaults documented).
+            **(
+                {"input": json.dumps({"duration": 5, "quality": "720p", "aspectRatio": "16:9"})}
+                if m == "runway"
+                else {}
+            ),
         }
         for i, m in enumerate(FAMILY_MODELS)
     ]

@@ -141,6 +141,7 @@ ROWS = {
     "veo3": {"aspect_ratio": "9:16"},
     "veo3_fast": {"image_input": "https://example.com/first.png|https://example.com/last.png"},
     "veo3_lite": {"resolution": "1080p", "input": json.dumps({"seeds": 12345})},
+    "runway": {"aspect_ratio": "9:16", "resolution": "720p", "input": json.dumps({"duration": 10})},
     "suno/V5": {
         "input": json.dumps({"customMode": True, "style": "lo-fi", "title": "Tide", "vocalGender": "f"})
     },
@@ -163,6 +164,7 @@ EXPECTED = {
     "veo3": (1, None),
     "veo3_fast": (1, None),
     "veo3_lite": (1, None),
+    "runway": (1, None),
 }
 
 

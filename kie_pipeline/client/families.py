@@ -315,3 +315,49 @@ def decode_veo_callback(payload: Any) -> TaskRecord:
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
     urls = _urls(info.get("resultUrls") or info.get("result_urls"))
     return _callback_record(data.get("taskId") or data.get("task_id"), code, msg, urls, "Veo")
+
+
+# -- Runway (kie-models.md section 4) ----------------------------------------------------------------
+
+_RUNWAY_KNOWN = {"taskId", "parentTaskId", "generateParam", "state", "generateTime", "videoInfo", "failCode",
+                 "failMsg"}  # fmt: skip
+#: Runway's ``state`` values; ``queueing`` is spelt so here (the jobs API says ``queuing``).
+_RUNWAY_STATES = {
+    "wait": TaskState.WAITING,
+    "queueing": TaskState.QUEUING,
+    "queuing": TaskState.QUEUING,
+    "generating": TaskState.GENERATING,
+    "success": TaskState.SUCCESS,
+    "fail": TaskState.FAIL,
+}
+
+
+def decode_runway(data: Any) -> TaskRecord:
+    """``GET /api/v1/runway/record-detail`` ``data``: ``state``, the video in ``videoInfo.videoUrl``
+    (snake_case ``video_url`` as one SDK types it: accepted), ``failCode``/``failMsg``."""
+    data = _data(data, "Runway")
+    state = _RUNWAY_STATES.get(str(data.get("state") or "").lower())
+    if state is None:
+        raise KieProtocolError(f"Kie Runway reported an unknown state {data.get('state')!r}.")
+    info = data.get("videoInfo") if isinstance(data.get("videoInfo"), dict) else {}
+    urls = _urls(info.get("videoUrl") or info.get("video_url")) if state is TaskState.SUCCESS else []
+    failed = state is TaskState.FAIL
+    return TaskRecord(
+        task_id=str(data["taskId"]),
+        model=None,
+        state=state,
+        param=data.get("generateParam") if isinstance(data.get("generateParam"), dict) else None,
+        result={"resultUrls": urls} if urls else None,
+        fail_code=_code(data.get("failCode")) if failed else None,
+        fail_msg=(data.get("failMsg") or None) if failed else None,
+        create_time=_time(data.get("generateTime")),
+        extra={k: v for k, v in data.items() if k not in _RUNWAY_KNOWN},
+    )
+
+
+def decode_runway_callback(payload: Any) -> TaskRecord:
+    """``{code:200, msg, data{task_id, video_id, video_url, image_url}}``; a failure has code 400/500
+    and the same keys empty."""
+    code, msg, data = _callback_parts(payload, "Runway")
+    urls = _urls(data.get("video_url") or data.get("videoUrl"))
+    return _callback_record(data.get("task_id") or data.get("taskId"), code, msg, urls, "Runway")

@@ -39,6 +39,8 @@ from .families import (
     decode_flux_kontext,
     decode_flux_kontext_callback,
     decode_jobs_callback,
+    decode_runway,
+    decode_runway_callback,
     decode_suno,
     decode_suno_callback,
     decode_veo,
@@ -150,8 +152,13 @@ VEO = ApiFamily(
     "veo", "/api/v1/veo/generate", "/api/v1/veo/record-info", decode_veo, decode_veo_callback,
     flat=True, default_model="veo3_fast",
 )  # fmt: skip
+#: Runway video: one model, ``state`` values, callBackUrl "required" in the text only (section 4).
+RUNWAY = ApiFamily(
+    "runway", "/api/v1/runway/generate", "/api/v1/runway/record-detail", decode_runway,
+    decode_runway_callback, flat=True, model_key=None, default_model="runway",
+)  # fmt: skip
 #: Every family, by name.
-FAMILIES = {f.name: f for f in (JOBS, GPT4O_IMAGE, FLUX_KONTEXT, SUNO, VEO)}
+FAMILIES = {f.name: f for f in (JOBS, GPT4O_IMAGE, FLUX_KONTEXT, SUNO, VEO, RUNWAY)}
 
 
 @dataclass(frozen=True)
@@ -484,6 +491,28 @@ class VeoQualityInput(VeoInput):
     REFERENCE: ClassVar[bool] = False
 
 
+class RunwayInput(_Input):
+    """Runway ``/api/v1/runway/generate`` (section 4): ``prompt``, ``duration`` and ``quality``
+    required (no defaults documented); ``aspectRatio`` required without ``imageUrl`` (ignored with
+    one); 1080p only for 5-second videos. (The docs' example body, with a ``model`` and neither
+    duration nor quality, is a docs error.)"""
+
+    prompt: Prompt(1800)
+    duration: Literal[5, 10]
+    quality: Literal["720p", "1080p"]
+    aspectRatio: Literal["16:9", "4:3", "1:1", "3:4", "9:16"] | None = None
+    imageUrl: Annotated[Url | None, BeforeValidator(_one_url)] = None
+    waterMark: str | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> RunwayInput:
+        if self.quality == "1080p" and self.duration != 5:
+            raise PydanticCustomError("quality", "quality: 1080p only with duration 5")
+        if self.imageUrl is None and self.aspectRatio is None:
+            raise PydanticCustomError("ratio", "aspectRatio: required without imageUrl (text to video)")
+        return self
+
+
 # -- what each model returns -------------------------------------------------------------------------
 
 
@@ -516,6 +545,10 @@ def _flux_kontext(inp: Mapping[str, Any]) -> Output:
 def _veo(inp: Mapping[str, Any]) -> Output:
     ratio = inp.get("aspect_ratio", "16:9")
     return Output("16:9" if ratio == "Auto" else ratio, inp.get("resolution", "720p"), "mp4")
+
+
+def _runway(inp: Mapping[str, Any]) -> Output:
+    return Output(inp.get("aspectRatio") or "16:9", str(inp["quality"]), "mp4")
 
 
 def _suno(inp: Mapping[str, Any]) -> Output:
@@ -599,6 +632,12 @@ MODELS: dict[str, ModelSpec] = {
                 _veo, {"*": price},
             )
             for name, price in (("veo3", 250), ("veo3_fast", 60), ("veo3_lite", 30))
+        ),
+        ModelSpec(
+            "runway", RUNWAY, RunwayInput, MediaType.VIDEO,
+            {**_NAMED, "aspect_ratio": "aspectRatio", "resolution": "quality", "image_input": "imageUrl"},
+            # Third-party: 12 credits per 5 s (section 9, unconfirmed); 10 s read as twice that.
+            _runway, {"5": 12, "10": 24}, "duration",
         ),
         *(
             # V3_5 is only in the 2025 enum (the current quickstart still uses it): both accepted.

@@ -8,6 +8,7 @@ that timeline its own way. The fail marker ends a task as the family's documente
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from .state import Emulator, Task
@@ -207,10 +208,49 @@ def callback_veo(emu: Emulator, task: Task, base_url: str, now: float) -> list[d
     return [{"code": 200, "msg": "Veo3 video generated successfully.", "data": data}]
 
 
+def record_runway(emu: Emulator, task: Task, base_url: str, now: float) -> dict[str, Any]:
+    """``GET /api/v1/runway/record-detail`` ``data``: ``state`` wait → queueing → generating →
+    success/fail, the video in ``videoInfo`` (camelCase), ``failCode``/``failMsg``."""
+    state = {"waiting": "wait", "queuing": "queueing"}.get(task.state_at(now), task.state_at(now))
+    inp = task.input
+    video = None
+    if state == "success":
+        url = emu.result_urls(task, base_url)[0]
+        video = {"videoId": f"{task.task_id}-video", "taskId": task.task_id, "videoUrl": url, "imageUrl": ""}
+    generated = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(task.created_ms / 1000))
+    return {
+        "taskId": task.task_id,
+        "parentTaskId": "",
+        "generateParam": {
+            "prompt": inp.get("prompt", ""),
+            "imageUrl": inp.get("imageUrl", ""),
+            "expandPrompt": False,
+        },
+        "state": state,
+        "generateTime": generated,
+        "videoInfo": video,
+        "failCode": 400 if state == "fail" else None,
+        "failMsg": FORCED_FAILURE if state == "fail" else "",
+        "expireFlag": 0,
+    }
+
+
+def callback_runway(emu: Emulator, task: Task, base_url: str, now: float) -> list[dict[str, Any]]:
+    """``{code:200, msg:"All generated successfully.", data{task_id, video_id, video_url,
+    image_url}}`` (snake_case); a failure: code 400 with the same keys empty."""
+    if task.state_at(now) != "success":
+        data = {"task_id": task.task_id, "video_id": "", "video_url": "", "image_url": ""}
+        return [{"code": 400, "msg": FORCED_FAILURE, "data": data}]
+    url = emu.result_urls(task, base_url)[0]
+    data = {"task_id": task.task_id, "video_id": f"{task.task_id}-video", "video_url": url, "image_url": ""}
+    return [{"code": 200, "msg": "All generated successfully.", "data": data}]
+
+
 #: Family name → (status record, callback payloads in the order Kie sends them).
 FAMILY_ANSWERS = {
     "4o-image": (record_4o_image, callback_4o_image),
     "flux-kontext": (record_flux_kontext, callback_flux_kontext),
     "suno": (record_suno, callback_suno),
     "veo": (record_veo, callback_veo),
+    "runway": (record_runway, callback_runway),
 }
