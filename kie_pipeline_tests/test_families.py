@@ -21,6 +21,7 @@ from kie_pipeline.client import (
     TaskState,
     get_model,
 )
+from kie_pipeline.client.registry import ALEPH
 from kie_pipeline.emulator import FAIL_MARKER, EmulatorServer
 from kie_pipeline.emulator.families import FAMILY_ANSWERS
 from kie_pipeline.emulator.state import Emulator
@@ -43,12 +44,13 @@ INPUTS = {
     "veo3_fast": {"prompt": "a lighthouse", "imageUrls": ["https://example.com/a.png"]},
     "veo3_lite": {"prompt": "a lighthouse", "aspectRatio": "16:9", "resolution": "1080p"},
     "runway": {"prompt": "a lighthouse", "duration": 10, "quality": "720p", "aspectRatio": "4:3"},
+    "runway-aleph": {"prompt": "a lighthouse", "videoUrl": "https://example.com/in.mp4"},
 }
 #: Results per successful task of each input above.
 RESULTS = (
     {"gpt4o-image": 4, "flux-kontext-pro": 1, "flux-kontext-max": 1}
     | {m: 2 for m in MODELS if m.startswith("suno/")}
-    | {"veo3": 1, "veo3_fast": 1, "veo3_lite": 1, "runway": 1}
+    | {"veo3": 1, "veo3_fast": 1, "veo3_lite": 1, "runway": 1, "runway-aleph": 1}
 )
 #: The keys each family's status ``data`` has (kie-models.md sections 1 and 2).
 RECORD_KEYS = {
@@ -62,6 +64,8 @@ RECORD_KEYS = {
             "errorMessage", "fallbackFlag"},
     "runway": {"taskId", "parentTaskId", "generateParam", "state", "generateTime", "videoInfo", "failCode",
                "failMsg", "expireFlag"},
+    "runway-aleph": {"taskId", "paramJson", "response", "completeTime", "createTime", "successFlag",
+                     "errorCode", "errorMessage"},
 }  # fmt: skip
 #: What each family's record says at a fraction of the task's time (see Task.state_at):
 #: (successFlag, status), None where the family has no such field, for a success and a failure.
@@ -84,6 +88,8 @@ TIMELINE = {
         "success": [(None, "wait"), (None, "queueing"), (None, "generating"), (None, "success")],
         "fail": [(None, "wait"), (None, "queueing"), (None, "generating"), (None, "fail")],
     },
+    # Aleph: 0 while running and 0 on failure (told apart by errorMessage).
+    "runway-aleph": {"success": [(0, None)] * 3 + [(1, None)], "fail": [(0, None)] * 4},
 }  # fmt: skip
 #: Each family's callback keys (kie-models.md section 8): the data object's, and where the task id is.
 CALLBACK_DATA_KEYS = {
@@ -92,6 +98,7 @@ CALLBACK_DATA_KEYS = {
     "suno": {"callbackType", "task_id", "data"},
     "veo": {"taskId", "info", "fallbackFlag"},  # a failure has no info
     "runway": {"task_id", "video_id", "video_url", "image_url"},
+    "runway-aleph": {"result_video_url", "result_image_url"},  # the task id is at the top
 }
 #: The image models among them (the named aspect_ratio column is theirs).
 IMAGE = {m for m in FAMILY_MODELS if MODELS[m].media == "image"}
@@ -259,8 +266,8 @@ def test_callbacks_have_the_family_shape_and_decode(
     payloads = [json.loads(body) for body in callback_sink.received]
     records = [decode(payload, model) for payload in payloads]
     for payload in payloads:
-        assert set(payload) == {"code", "msg", "data"}
-        assert set(payload["data"]) <= CALLBACK_DATA_KEYS[family.name]
+        assert set(payload) == {"code", "msg", "data"} | ({"taskId"} if family is ALEPH else set())
+        assert set(payload["data"] or {}) <= CALLBACK_DATA_KEYS[family.name]
         assert task_id_of(payload) == final.task_id
     # Only the last callback ends the task; it carries what the status endpoint says.
     assert [r.is_terminal for r in records] == [False] * (len(records) - 1) + [True]
@@ -268,6 +275,11 @@ def test_callbacks_have_the_family_shape_and_decode(
     assert (payloads[-1]["code"] == 200) == (outcome == "success")
 
 
+#: Fields a manifest row of these models must give in its input column (required, no defaults).
+ROW_INPUTS = {
+    "runway": {"duration": 5, "quality": "720p", "aspectRatio": "16:9"},
+    "runway-aleph": {"videoUrl": "https://example.com/in.mp4"},
+}
 SECRET = "family-secret"
 WEBHOOK_KEY = "family-webhook-key"
 
@@ -284,12 +296,8 @@ def test_rows_of_every_family_finish_by_their_callbacks(emulator: EmulatorServer
             "model": m,
             "prompt": f"row of {m}",
             **({"aspect_ratio": "1:1"} if m in IMAGE else {}),
-            # Runway requires duration and quality (no defaults documented).
-            **(
-                {"input": json.dumps({"duration": 5, "quality": "720p", "aspectRatio": "16:9"})}
-                if m == "runway"
-                else {}
-            ),
+            # Runway and Aleph fields that are required without a default (see ROW_INPUTS).
+            **({"input": json.dumps(ROW_INPUTS[m])} if m in ROW_INPUTS else {}),
         }
         for i, m in enumerate(FAMILY_MODELS)
     ]

@@ -142,6 +142,7 @@ ROWS = {
     "veo3_fast": {"image_input": "https://example.com/first.png|https://example.com/last.png"},
     "veo3_lite": {"resolution": "1080p", "input": json.dumps({"seeds": 12345})},
     "runway": {"aspect_ratio": "9:16", "resolution": "720p", "input": json.dumps({"duration": 10})},
+    "runway-aleph": {"aspect_ratio": "1:1", "input": json.dumps({"videoUrl": "https://example.com/in.mp4"})},
     "suno/V5": {
         "input": json.dumps({"customMode": True, "style": "lo-fi", "title": "Tide", "vocalGender": "f"})
     },
@@ -165,6 +166,7 @@ EXPECTED = {
     "veo3_fast": (1, None),
     "veo3_lite": (1, None),
     "runway": (1, None),
+    "runway-aleph": (1, None),
 }
 
 

@@ -361,3 +361,38 @@ def decode_runway_callback(payload: Any) -> TaskRecord:
     code, msg, data = _callback_parts(payload, "Runway")
     urls = _urls(data.get("video_url") or data.get("videoUrl"))
     return _callback_record(data.get("task_id") or data.get("taskId"), code, msg, urls, "Runway")
+
+
+# -- Runway Aleph (kie-models.md section 4) ----------------------------------------------------------
+
+_ALEPH_KNOWN = {"taskId", "paramJson", "response", "completeTime", "createTime", "successFlag", "errorCode",
+                "errorMessage"}  # fmt: skip
+
+
+def decode_aleph(data: Any) -> TaskRecord:
+    """``GET /api/v1/aleph/record-info`` ``data``: ``successFlag`` 1 success, 0 running **or** failed
+    (failed is 0 with a non-empty ``errorMessage``); the video in ``response.resultVideoUrl``."""
+    data = _data(data, "Runway Aleph")
+    flag = data.get("successFlag")
+    if flag in (1, "1"):
+        state = TaskState.SUCCESS
+    elif flag in (0, "0", None):
+        state = TaskState.FAIL if data.get("errorMessage") else TaskState.GENERATING
+    else:
+        raise KieProtocolError(f"Kie Runway Aleph reported an unknown successFlag {flag!r}.")
+    response = data.get("response") if isinstance(data.get("response"), dict) else {}
+    urls = _urls(response.get("resultVideoUrl")) if state is TaskState.SUCCESS else []
+    return _record(data, state, urls, _ALEPH_KNOWN)
+
+
+def decode_aleph_callback(payload: Any) -> TaskRecord:
+    """``{code:200, msg, taskId, data{result_video_url, result_image_url}}``; a failure:
+    ``{code:400, msg, data:null, taskId}`` (the task id is at the top)."""
+    if not isinstance(payload, dict):
+        raise KieProtocolError("Kie Runway Aleph callback is not an object.")
+    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    code = payload.get("code")
+    code = int(code) if isinstance(code, int) or str(code).isdigit() else None
+    urls = _urls(data.get("result_video_url") or data.get("resultVideoUrl"))
+    task_id = payload.get("taskId") or data.get("taskId") or data.get("task_id")
+    return _callback_record(task_id, code, payload.get("msg"), urls, "Runway Aleph")

@@ -36,6 +36,8 @@ from .errors import KieValidationError
 from .families import (
     decode_4o_image,
     decode_4o_image_callback,
+    decode_aleph,
+    decode_aleph_callback,
     decode_flux_kontext,
     decode_flux_kontext_callback,
     decode_jobs_callback,
@@ -157,8 +159,13 @@ RUNWAY = ApiFamily(
     "runway", "/api/v1/runway/generate", "/api/v1/runway/record-detail", decode_runway,
     decode_runway_callback, flat=True, model_key=None, default_model="runway",
 )  # fmt: skip
+#: Runway Aleph video-to-video: one model, ``successFlag`` 1 or 0 (running or failed).
+ALEPH = ApiFamily(
+    "runway-aleph", "/api/v1/aleph/generate", "/api/v1/aleph/record-info", decode_aleph,
+    decode_aleph_callback, flat=True, model_key=None, default_model="runway-aleph",
+)  # fmt: skip
 #: Every family, by name.
-FAMILIES = {f.name: f for f in (JOBS, GPT4O_IMAGE, FLUX_KONTEXT, SUNO, VEO, RUNWAY)}
+FAMILIES = {f.name: f for f in (JOBS, GPT4O_IMAGE, FLUX_KONTEXT, SUNO, VEO, RUNWAY, ALEPH)}
 
 
 @dataclass(frozen=True)
@@ -513,6 +520,19 @@ class RunwayInput(_Input):
         return self
 
 
+class AlephInput(_Input):
+    """Runway Aleph ``/api/v1/aleph/generate`` (section 4): ``prompt`` and ``videoUrl`` required
+    (an SDK's "video at most 10 MB over HTTPS" is unconfirmed: not enforced)."""
+
+    prompt: _text_prompt()
+    videoUrl: Url
+    aspectRatio: Literal["16:9", "9:16", "4:3", "3:4", "1:1", "21:9"] | None = None
+    seed: int | None = None
+    referenceImage: Annotated[Url | None, BeforeValidator(_one_url)] = None
+    waterMark: str | None = None
+    uploadCn: bool = False
+
+
 # -- what each model returns -------------------------------------------------------------------------
 
 
@@ -549,6 +569,11 @@ def _veo(inp: Mapping[str, Any]) -> Output:
 
 def _runway(inp: Mapping[str, Any]) -> Output:
     return Output(inp.get("aspectRatio") or "16:9", str(inp["quality"]), "mp4")
+
+
+def _aleph(inp: Mapping[str, Any]) -> Output:
+    # Without aspectRatio Aleph keeps its source video's, which only Kie knows: 16:9 here.
+    return Output(inp.get("aspectRatio") or "16:9", "720p", "mp4")
 
 
 def _suno(inp: Mapping[str, Any]) -> Output:
@@ -638,6 +663,11 @@ MODELS: dict[str, ModelSpec] = {
             {**_NAMED, "aspect_ratio": "aspectRatio", "resolution": "quality", "image_input": "imageUrl"},
             # Third-party: 12 credits per 5 s (section 9, unconfirmed); 10 s read as twice that.
             _runway, {"5": 12, "10": 24}, "duration",
+        ),
+        ModelSpec(
+            "runway-aleph", ALEPH, AlephInput, MediaType.VIDEO,
+            {**_NAMED, "aspect_ratio": "aspectRatio", "image_input": "referenceImage"},
+            _aleph,  # no price in Kie's documents or the third-party lists
         ),
         *(
             # V3_5 is only in the 2025 enum (the current quickstart still uses it): both accepted.

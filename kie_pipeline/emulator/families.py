@@ -246,6 +246,34 @@ def callback_runway(emu: Emulator, task: Task, base_url: str, now: float) -> lis
     return [{"code": 200, "msg": "All generated successfully.", "data": data}]
 
 
+def record_aleph(emu: Emulator, task: Task, base_url: str, now: float) -> dict[str, Any]:
+    """``GET /api/v1/aleph/record-info`` ``data``: successFlag 1 on success and 0 otherwise, a
+    failure being 0 with an ``errorMessage``; the video in ``response.resultVideoUrl``."""
+    state = task.state_at(now)
+    record = _common(emu, task, state)
+    response = None
+    if state == "success":
+        url = emu.result_urls(task, base_url)[0]
+        response = {"taskId": task.task_id, "resultVideoUrl": url, "resultImageUrl": ""}
+    failed = state == "fail"
+    return {
+        **record,
+        "response": response,
+        "successFlag": 1 if state == "success" else 0,
+        "errorCode": 400 if failed else 0,
+        "errorMessage": FORCED_FAILURE if failed else "",
+    }
+
+
+def callback_aleph(emu: Emulator, task: Task, base_url: str, now: float) -> list[dict[str, Any]]:
+    """``{code:200, msg, taskId, data{result_video_url, result_image_url}}``; a failure:
+    ``{code:400, msg, data:null, taskId}``."""
+    if task.state_at(now) != "success":
+        return [{"code": 400, "msg": FORCED_FAILURE, "data": None, "taskId": task.task_id}]
+    data = {"result_video_url": emu.result_urls(task, base_url)[0], "result_image_url": ""}
+    return [{"code": 200, "msg": "success", "taskId": task.task_id, "data": data}]
+
+
 #: Family name → (status record, callback payloads in the order Kie sends them).
 FAMILY_ANSWERS = {
     "4o-image": (record_4o_image, callback_4o_image),
@@ -253,4 +281,5 @@ FAMILY_ANSWERS = {
     "suno": (record_suno, callback_suno),
     "veo": (record_veo, callback_veo),
     "runway": (record_runway, callback_runway),
+    "runway-aleph": (record_aleph, callback_aleph),
 }
