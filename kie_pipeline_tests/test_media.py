@@ -29,6 +29,7 @@ from kie_pipeline.pipeline.store import TaskStore
 from kie_pipeline.receiver import ReceiverServer, build_receiver
 
 from .conftest import make_client
+from .test_registry import ROWS as REGISTRY_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +281,9 @@ def test_registry_media_models_fill_the_media_columns(emulator: EmulatorServer, 
     catalog with its media columns read from the emulator's real clip."""
     media = MODELS[model].media
     store = TaskStore(str(tmp_path / "store"))
-    rows = validate_manifest(pd.DataFrame([{"id": "m", "model": model, "prompt": "a river at dawn"}]))
+    # The model's manifest row as test_registry writes it (its required fields included).
+    row = {"id": "m", "model": model, "prompt": "a river at dawn", **REGISTRY_ROWS.get(model, {})}
+    rows = validate_manifest(pd.DataFrame([row]))
     with ReceiverServer(build_receiver(store, secret="media-secret")) as receiver:
 
         async def go():
