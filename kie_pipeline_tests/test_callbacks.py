@@ -126,6 +126,8 @@ def test_with_callbacks_rows_finish_without_polling(signed, receiver, store, n) 
     out, summary, usage = _generate(signed, store, _rows(n), fallback_s=30, receiver=receiver)
     assert summary.succeeded == n and (out["state"] == "success").all()
     assert usage.polls == 0  # every row ended by its callback (target: < 0.3 recordInfo per image)
+    # Callbacks carry Kie's own credit figure (consumeCredits): the catalog takes it over the estimate.
+    assert (out["credits_source"] == "kie").all() and (out["credits"] == 18).all()
     assert httpx.get(f"{receiver.url}/receiver/stats").json()["accepted"] == n
 
 
