@@ -37,10 +37,14 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 # `dagster dev` also runs the daemon, whose run monitoring fails killed runs and frees their "kie" pool
 # slots; the check first refuses a $(DAGSTER_HOME)/dagster.yaml that would not (an older copy):
 # see docs/operations.md. The sensor and the schedule start stopped: turn them on in the UI.
+# A callback receiver runs beside them (port 8766): the sample's Suno row requires a callBackUrl.
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m kie_pipeline.slots --check
-	$(BIN)/python -m kie_pipeline.emulator --port 8765 --latency 2,6 & \
-	  trap "kill $$!" EXIT; \
+	export KIE_CALLBACK_SECRET=$${KIE_CALLBACK_SECRET:-dev-callback-secret} \
+	  KIE_CALLBACK_URL=$${KIE_CALLBACK_URL:-http://127.0.0.1:8766}; \
+	  $(BIN)/python -m kie_pipeline.emulator --port 8765 --latency 2,6 & emulator=$$!; \
+	  $(BIN)/python -m kie_pipeline.cli receiver --port 8766 & receiver=$$!; \
+	  trap "kill $$emulator $$receiver" EXIT; \
 	  KIE_BASE_URL=$${KIE_BASE_URL:-http://127.0.0.1:8765} KIE_API_KEY=$${KIE_API_KEY:-emulator-key} \
 	  KIE_UPLOAD_URL=$${KIE_UPLOAD_URL:-http://127.0.0.1:8765} \
 	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

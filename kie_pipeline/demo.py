@@ -6,7 +6,9 @@ Starts the emulator on a loopback port, materializes ``prompt_manifest``, every 
 reused and no task is created.
 """
 
+import contextlib
 import os
+import secrets
 import sys
 import time
 
@@ -20,16 +22,27 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def main() -> int:
-    with EmulatorServer(EmulatorConfig(latency=(0.5, 2.5), render_scale=1.0)) as server:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(EmulatorServer(EmulatorConfig(latency=(0.5, 2.5), render_scale=1.0)))
         # The demo always runs offline: the emulator's URL and key, whatever the shell has.
         os.environ["KIE_BASE_URL"] = server.url
         os.environ["KIE_API_KEY"] = server.config.api_key
         # The sample's reference image (data/refs/) is uploaded to the emulator's File Upload API.
         os.environ["KIE_UPLOAD_URL"] = server.url
         from kie_pipeline.definitions import ASSET_CHECKS, ASSETS, build_resources
+        from kie_pipeline.receiver import ReceiverServer, build_receiver
 
         assets, checks = ASSETS, ASSET_CHECKS
-        resources = build_resources(poll={"initial_s": 0.5})
+        # Callbacks go to a receiver of the demo's own (Suno requires a callBackUrl): the emulator
+        # posts each task's end there, so the demo polls only as a fallback.
+        for var in ("KIE_CALLBACK_URL", "KIE_CALLBACK_SECRET"):
+            os.environ.pop(var, None)
+        secret = secrets.token_hex(16)
+        store = build_resources()["dataset"].task_store()
+        receiver = stack.enter_context(ReceiverServer(build_receiver(store, secret=secret)))
+        resources = build_resources(
+            poll={"initial_s": 0.5}, callback_url=receiver.url, callback_secret=secret
+        )
         instance = dg.DagsterInstance.get()
         started = time.monotonic()
         print(f"Kie emulator on {server.url}; Dagster instance at {os.environ.get('DAGSTER_HOME')}")
@@ -73,7 +86,8 @@ def main() -> int:
         print()
         print(f"Catalog: {store}/image_catalog.parquet ({len(catalog)} rows)")
         print(f"Images:  {store}/images/")
-        print(catalog[["id", "batch", "state", "width", "height", "format", "bytes"]].to_string(index=False))
+        columns = ["id", "batch", "model", "state", "media_type", "width", "height", "duration_s", "format"]
+        print(catalog[columns].to_string(index=False))
         counts = catalog["state"].value_counts().to_dict()
         print(f"\nBy state: {counts}; {time.monotonic() - started:.1f} s in all.")
         if created == 0:
