@@ -10,20 +10,79 @@ import contextlib
 import os
 import secrets
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import pandas as pd
 
 from kie_pipeline.emulator import EmulatorConfig, EmulatorServer
+from kie_pipeline.pipeline.manifest import load_manifest
+from kie_pipeline.pipeline.record import RecordStatus, RequestRecord
+from kie_pipeline.pipeline.store import TaskStore
 
 #: Dagster's console logger at WARNING: the demo prints its own summary.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
+#: Outcomes after which this run does nothing more for a row (success counts once its copies exist).
+SETTLED = frozenset(
+    {
+        RecordStatus.FAIL,
+        RecordStatus.REFUSED,
+        RecordStatus.TIMEOUT,
+        RecordStatus.DOWNLOAD_FAILED,
+        RecordStatus.EXPIRED,
+        RecordStatus.CORRUPT,
+    }
+)
 
-def main() -> int:
+#: ``progress(settled, total)``: rows of the manifest settled so far, of all its rows.
+Progress = Callable[[int, int], None]
+
+
+def settled(record: RequestRecord) -> bool:
+    """True when the run is done with the record's row: copied, or failed for good."""
+    if record.status == RecordStatus.SUCCESS:
+        return bool(record.images) and all(record.images)
+    return record.status in SETTLED
+
+
+@contextlib.contextmanager
+def watch_settled(
+    store: TaskStore, keys: list[str], progress: Progress, interval: float = 0.5
+) -> Iterator[None]:
+    """Report ``progress(settled, len(keys))`` every ``interval`` seconds from the store's task records
+    (read only: a record being written or damaged is left alone), and once more on the way out."""
+    stop = threading.Event()
+
+    def report() -> None:
+        records = store.load_many(keys, set_aside=False)
+        progress(sum(settled(r) for r in records.values()), len(keys))
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            report()
+
+    report()
+    thread = threading.Thread(target=loop, name="demo-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        report()
+
+
+def main(*, latency: tuple[float, float] = (0.5, 2.5), progress: Progress | None = None) -> int:
+    """Run the demo; returns 0 when every row of the catalog succeeded, else 1.
+
+    ``latency``: the emulator's MIN, MAX seconds per task. ``progress``, when given, is told how many
+    rows are settled while the batches generate (``kie-pipeline demo`` draws a bar with it).
+    """
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(EmulatorServer(EmulatorConfig(latency=(0.5, 2.5), render_scale=1.0)))
+        server = stack.enter_context(EmulatorServer(EmulatorConfig(latency=latency, render_scale=1.0)))
         # The demo always runs offline: the emulator's URL and key, whatever the shell has.
         os.environ["KIE_BASE_URL"] = server.url
         os.environ["KIE_API_KEY"] = server.config.api_key
@@ -55,23 +114,29 @@ def main() -> int:
         print(f"prompt_manifest: {manifest_md['rows'].value} rows in batches {', '.join(keys)}")
 
         created = reused = 0
-        for key in keys:
-            res = dg.materialize(
-                assets,
-                selection=["generated_images"],
-                partition_key=key,
-                resources=resources,
-                instance=instance,
-                run_config=QUIET,
-            )
-            md = res.asset_materializations_for_node("generated_images")[0].metadata
-            created += md["images_created"].value
-            reused += md["images_reused"].value
-            print(
-                f"  generated_images[{key}]: {md['images_created'].value} created, "
-                f"{md['images_reused'].value} reused, {md['images_failed'].value} failed, "
-                f"{md['polls'].value} polls, {md['elapsed_s'].value} s"
-            )
+        # The bar (if any) follows the task records while the batches generate.
+        watching: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if progress is not None:
+            rows = load_manifest(resources["dataset"].manifest)
+            watching = watch_settled(store, list(rows["request_key"]), progress)
+        with watching:
+            for key in keys:
+                res = dg.materialize(
+                    assets,
+                    selection=["generated_images"],
+                    partition_key=key,
+                    resources=resources,
+                    instance=instance,
+                    run_config=QUIET,
+                )
+                md = res.asset_materializations_for_node("generated_images")[0].metadata
+                created += md["images_created"].value
+                reused += md["images_reused"].value
+                print(
+                    f"  generated_images[{key}]: {md['images_created'].value} created, "
+                    f"{md['images_reused'].value} reused, {md['images_failed'].value} failed, "
+                    f"{md['polls'].value} polls, {md['elapsed_s'].value} s"
+                )
         dg.materialize(
             [*assets, *checks],
             selection=["image_catalog"],

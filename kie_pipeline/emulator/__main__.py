@@ -16,13 +16,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"prompts with {STUCK_MARKER!r} never finish.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=int, default=8765, help="port to bind")
     p.add_argument("--api-key", default="emulator-key", help="the Bearer key it accepts")
     p.add_argument("--balance", type=int, default=1_000_000, help="credits on the account")
     p.add_argument("--cost", type=int, default=18, help="credits per image (1K/2K)")
     p.add_argument("--latency", default="1,4", help="MIN,MAX seconds a task takes (uniform)")
     p.add_argument("--create-limit", type=int, default=20, help="createTask calls per --create-period")
-    p.add_argument("--create-period", type=float, default=10.0)
+    p.add_argument("--create-period", type=float, default=10.0, help="seconds of the --create-limit window")
     p.add_argument("--poll-limit", type=int, default=10, help="recordInfo calls per second")
     p.add_argument("--render-scale", type=float, default=1.0, help="1.0: 1K images are 1024 px")
     p.add_argument("--result-url-ttl", type=float, default=24 * 3600.0, help="seconds before result URLs 404")
@@ -39,13 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="put consumeCredits/remainedCredits in recordInfo too",
     )
     p.add_argument("--chunked-files", action="store_true", help="send result files without Content-Length")
-    p.add_argument("--error-style", choices=("http", "body"), default="http")
-    p.add_argument("--fault-500", type=float, default=0.0)
-    p.add_argument("--fault-429", type=float, default=0.0)
-    p.add_argument("--fault-drop", type=float, default=0.0)
-    p.add_argument("--fault-malformed", type=float, default=0.0)
-    p.add_argument("--fault-slow", type=float, default=0.0)
-    p.add_argument("--slow-seconds", type=float, default=30.0)
+    p.add_argument(
+        "--error-style",
+        choices=("http", "body"),
+        default="http",
+        help="http: errors as HTTP statuses; body: HTTP 200 with the error in the body's code",
+    )
+    p.add_argument("--fault-500", type=float, default=0.0, help="fraction of requests answered 500")
+    p.add_argument("--fault-429", type=float, default=0.0, help="fraction of requests answered 429")
+    p.add_argument(
+        "--fault-drop",
+        type=float,
+        default=0.0,
+        help="fraction of requests whose connection is closed unanswered",
+    )
+    p.add_argument(
+        "--fault-malformed", type=float, default=0.0, help="fraction of requests answered with malformed JSON"
+    )
+    p.add_argument(
+        "--fault-slow", type=float, default=0.0, help="fraction of requests handled after --slow-seconds"
+    )
+    p.add_argument("--slow-seconds", type=float, default=30.0, help="delay of a slow request")
     p.add_argument(
         "--fault-lost-answer",
         type=float,
@@ -73,10 +87,28 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
     """The parsed command line and the emulator settings it describes."""
     parser = build_parser()
     a = parser.parse_args(argv)
+    try:
+        config = config_from_namespace(a)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return a, config
+
+
+def config_from_namespace(a: argparse.Namespace) -> EmulatorConfig:
+    """The emulator settings of parsed options (one attribute per option of :func:`build_parser`).
+
+    ``kie-pipeline emulator`` parses the same options with click and calls this too.
+
+    Raises:
+        ValueError: naming the option, when a value is out of range.
+    """
     if a.results_per_task < 1:
-        parser.error("--results-per-task must be at least 1")
-    lo, hi = (float(x) for x in a.latency.split(","))
-    config = EmulatorConfig(
+        raise ValueError("--results-per-task must be at least 1")
+    try:
+        lo, hi = (float(x) for x in a.latency.split(","))
+    except ValueError:
+        raise ValueError(f"--latency must be MIN,MAX seconds (e.g. 1,4), not {a.latency!r}") from None
+    return EmulatorConfig(
         api_key=a.api_key,
         balance=a.balance,
         cost_per_image=a.cost,
@@ -106,7 +138,6 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
             callback_lost=a.fault_callback_lost,
         ),
     )
-    return a, config
 
 
 def main(argv: list[str] | None = None) -> None:
