@@ -134,6 +134,7 @@ class _Group(click.Group):
 
 
 @click.group(
+    "kie-pipeline",
     cls=_Group,
     context_settings=CONTEXT,
     epilog="""\b
@@ -520,7 +521,11 @@ def demo(manifest: str, store: str, dagster_home: str, latency: tuple[float, flo
     \b
     Exit status: 0 when every row succeeded, else 1.
     """
-    os.makedirs(dagster_home, exist_ok=True)
+    if not os.path.exists(os.path.join(dagster_home, "dagster.yaml")):
+        # Dagster's own advice for a folder meant for local metadata (else it warns on every run).
+        os.makedirs(dagster_home, exist_ok=True)
+        with open(os.path.join(dagster_home, "dagster.yaml"), "x") as fh:
+            fh.write("# Created by kie-pipeline demo: a local instance, all metadata in this folder.\n")
     os.environ.update(KIE_MANIFEST=manifest, KIE_STORE=store, DAGSTER_HOME=os.path.abspath(dagster_home))
     console = _stderr_tty()
     with _demo_progress(console) as progress:
@@ -532,21 +537,30 @@ def demo(manifest: str, store: str, dagster_home: str, latency: tuple[float, flo
 
 @contextlib.contextmanager
 def _demo_progress(console: Console | None) -> Iterator[Callable[[int, int], None] | None]:
-    """A bar of rows settled of the manifest's rows, on ``console`` (None: no bar, no callback)."""
+    """A bar of rows settled of the manifest's rows, on ``console`` (None: no bar, no callback).
+
+    The bar appears at the first report, when the batches start generating (not while Dagster loads).
+    """
     if console is None:
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("rows settled"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    # The demo's own lines (stdout) and Dagster's warnings (stderr) print above the bar.
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("rows", total=None)
+    # While it shows, the demo's own lines (stdout) and Dagster's warnings (stderr) print above it.
+    bar = Progress(*columns, console=console)
+    task = bar.add_task("rows", total=None, start=False)
 
-        def report(settled: int, total: int) -> None:
-            bar.update(task, completed=settled, total=total)
+    def report(settled: int, total: int) -> None:
+        bar.update(task, completed=settled, total=total)
+        if not bar.live.is_started:
+            bar.start_task(task)
+            bar.start()
 
+    try:
         yield report
+    finally:
+        bar.stop()
 
 
 if __name__ == "__main__":
