@@ -204,7 +204,7 @@ def validate(manifest: str, output_format: str, limit: int) -> None:
             df = load_manifest(manifest)
     except ManifestError as exc:
         problems = exc.problems
-        unreadable = all(p.row is None and p.field == "path" for p in problems)
+        unreadable = bool(problems) and all(p.row is None and p.field == "path" for p in problems)
         if output_format == "json":
             click.echo(json.dumps(_validation_json(manifest, problems=problems), indent=2))
         elif unreadable:
