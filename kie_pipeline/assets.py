@@ -1,7 +1,13 @@
-"""The assets: prompt_manifest → generated_images (one partition per batch) → image_catalog."""
+"""The assets: prompt_manifest → generated_images (one partition per batch) → image_catalog.
+
+:func:`build_pipeline_assets` builds them for one pipeline's names (a key prefix, its own partitions,
+dataset and IO manager), so several pipelines live side by side in one code location. The module's
+``prompt_manifest``, ``generated_images`` and ``image_catalog`` are the unprefixed pipeline's.
+"""
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -18,10 +24,10 @@ from kie_pipeline.pipeline.catalog import (
 )
 from kie_pipeline.pipeline.generation import BatchSummary, SystemicError, generate_batch
 from kie_pipeline.pipeline.lease import BatchLeaseHeld
-from kie_pipeline.pipeline.manifest import ManifestError, load_manifest
+from kie_pipeline.pipeline.manifest import ManifestError
 from kie_pipeline.pipeline.schema import COLUMN_DESCRIPTIONS
 
-from .partitions import batches
+from .names import UNPREFIXED, PipelineNames
 from .resources import DatasetResource, KieResource
 
 #: Every run that talks to Kie shares this pool, so parallel runs share the account's limits.
@@ -37,9 +43,10 @@ def column_schema(df: pd.DataFrame) -> dg.TableSchema:
     )
 
 
-def _read_snapshot(dataset: DatasetResource, columns: list[str]) -> pd.DataFrame | None:
+def _read_snapshot(dataset: DatasetResource, columns: list[str], names: PipelineNames) -> pd.DataFrame | None:
     """Columns of the last ``prompt_manifest`` table, or None before the first one."""
-    path = dataset.store.path("prompt_manifest.parquet")
+    *folders, last = names.key("prompt_manifest").path
+    path = dataset.store.path(*folders, f"{last}.parquet")
     try:
         with path.open("rb") as fh:
             return pd.read_parquet(fh, columns=columns)
@@ -47,67 +54,36 @@ def _read_snapshot(dataset: DatasetResource, columns: list[str]) -> pd.DataFrame
         return None
 
 
-def _previous_keys(dataset: DatasetResource) -> dict[str, set[str]]:
+def _previous_keys(dataset: DatasetResource, names: PipelineNames) -> dict[str, set[str]]:
     """Request keys per batch in the last manifest snapshot (to find batches that changed)."""
-    prev = _read_snapshot(dataset, ["batch", "request_key"])
+    prev = _read_snapshot(dataset, ["batch", "request_key"], names)
     if prev is None:
         return {}
     return {str(b): set(g["request_key"]) for b, g in prev.groupby("batch")}
 
 
-def snapshot_batches(dataset: DatasetResource) -> set[str]:
+def snapshot_batches(dataset: DatasetResource, names: PipelineNames = UNPREFIXED) -> set[str]:
     """The batches of the last ``prompt_manifest`` table (what ``generated_images`` can generate)."""
-    prev = _read_snapshot(dataset, ["batch"])
+    prev = _read_snapshot(dataset, ["batch"], names)
     return set() if prev is None else set(prev["batch"].astype(str))
 
 
-def sync_partitions(instance: dg.DagsterInstance, current: list[str]) -> tuple[list[str], list[str]]:
-    """Make the ``batches`` partitions the manifest's batches; returns (added, removed).
+def sync_partitions(
+    instance: dg.DagsterInstance, current: list[str], partitions: str = UNPREFIXED.partitions
+) -> tuple[list[str], list[str]]:
+    """Make the ``partitions`` (``batches``) the manifest's batches; returns (added, removed).
 
     A removed batch loses its partition (so schedules, backfills and the catalog no longer see it)
     but keeps its table, task records and images in the store: adding it back reuses all of them.
     """
-    known = set(instance.get_dynamic_partitions(batches.name))
+    known = set(instance.get_dynamic_partitions(partitions))
     new = [b for b in current if b not in known]
     removed = sorted(known - set(current))
     if new:
-        instance.add_dynamic_partitions(batches.name, new)
+        instance.add_dynamic_partitions(partitions, new)
     for key in removed:
-        instance.delete_dynamic_partition(batches.name, key)
+        instance.delete_dynamic_partition(partitions, key)
     return new, removed
-
-
-@dg.asset(io_manager_key="parquet_io", kinds={"pandas", "parquet"}, group_name="kie")
-def prompt_manifest(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.Output[pd.DataFrame]:
-    """The validated, normalized manifest; keeps one ``batches`` partition per batch value.
-
-    Any invalid row fails this asset with a message that names every bad row and field, so nothing
-    downstream is submitted.
-    """
-    try:
-        df = load_manifest(dataset.manifest)
-    except ManifestError as exc:
-        raise dg.Failure(description=str(exc), metadata={"problems": len(exc.problems)}) from None
-    all_batches = sorted(df["batch"].unique())
-    new, removed = sync_partitions(context.instance, all_batches)
-    previous = _previous_keys(dataset)
-    changed = [b for b, g in df.groupby("batch") if set(g["request_key"]) != previous.get(str(b))]
-    preview = df[["id", "batch", "model", "prompt"]].head(10).copy()
-    preview["prompt"] = preview["prompt"].str.slice(0, 80)
-    return dg.Output(
-        df,
-        metadata={
-            "dagster/row_count": len(df),
-            "dagster/column_schema": column_schema(df),
-            "rows": len(df),
-            "batches": len(all_batches),
-            "new_batches": dg.MetadataValue.json(new),
-            "removed_batches": dg.MetadataValue.json(removed),
-            "changed_batches": dg.MetadataValue.json(sorted(map(str, changed))),
-            "manifest": dataset.manifest,
-            "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
-        },
-    )
 
 
 class GenerateConfig(dg.Config):
@@ -208,204 +184,317 @@ def _run_metadata(summary: BatchSummary, balance: float | None, elapsed: float) 
     }
 
 
-@dg.asset(
-    partitions_def=batches,
-    pool=KIE_POOL,
-    # One partition per run: each batch is retried, cancelled and reported on its own, and the
-    # "kie" pool bounds how many batches talk to Kie at once (they share the account's limits).
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
-    retry_policy=GENERATION_RETRY_POLICY,
-    io_manager_key="parquet_io",
-    kinds={"pandas", "parquet"},
-    group_name="kie",
-    check_specs=[
-        dg.AssetCheckSpec("durable_copies_match", asset="generated_images",
-                          description="Every success row has a durable file whose sha256 matches."),
-        dg.AssetCheckSpec("failure_rate_below_threshold", asset="generated_images",
-                          description="The partition's failure rate is at most max_failure_rate."),
-    ],
-)  # fmt: skip
-async def generated_images(
-    context: dg.AssetExecutionContext,
-    config: GenerateConfig,
-    prompt_manifest: pd.DataFrame,
-    kie: KieResource,
-    dataset: DatasetResource,
-):  # -> dg.MaterializeResult[pd.DataFrame]; annotated, Dagster would count the checks as outputs
-    """One batch of images: submitted to Kie within its rate limit, waited for, and copied durably.
+@dataclass(frozen=True)
+class PipelineAssets:
+    """One pipeline's assets and checks (see :func:`build_pipeline_assets`)."""
 
-    Rows already generated with an unchanged request are reused (no createTask); rows whose task
-    was created by an earlier, interrupted run are resumed; failed rows are retried.
+    names: PipelineNames
+    partitions: dg.DynamicPartitionsDefinition
+    prompt_manifest: dg.AssetsDefinition
+    generated_images: dg.AssetsDefinition
+    image_catalog: dg.AssetsDefinition
+    checks: tuple[dg.AssetChecksDefinition, ...]
+
+    @property
+    def assets(self) -> list[dg.AssetsDefinition]:
+        """The three assets, upstream first."""
+        return [self.prompt_manifest, self.generated_images, self.image_catalog]
+
+
+def build_pipeline_assets(
+    names: PipelineNames = UNPREFIXED,
+    *,
+    pool: str = KIE_POOL,
+    manifest_condition: dg.AutomationCondition | None = None,
+    generation_condition: dg.AutomationCondition | None = None,
+    catalog_condition: dg.AutomationCondition | None = None,
+    manifest_deps: tuple[dg.AssetKey, ...] = (),
+) -> PipelineAssets:
+    """The assets of one pipeline, named by ``names``, generating in the Dagster pool ``pool``.
+
+    Each asset reads its dataset (manifest and store) from the resource ``names.dataset`` and writes
+    its table through the IO manager ``names.io_manager``; ``generated_images`` talks to Kie through
+    the ``kie`` resource, shared by every pipeline of the code location (one account, one set of
+    limits). The conditions are the assets' declarative automation (None: none);
+    ``manifest_deps`` are assets ``prompt_manifest`` is refreshed from (the manifest file's
+    external asset), for lineage and automation.
     """
-    batch = context.partition_key
-    rows = prompt_manifest[prompt_manifest["batch"] == batch]
-    if rows.empty:
-        raise dg.Failure(
-            description=f"Batch {batch!r} has no rows in the current manifest snapshot; "
-            "materialize prompt_manifest first.",
-            allow_retries=False,
-        )
-    started = time.monotonic()
-    store = dataset.task_store()
-    error: SystemicError | None = None
-    async with kie.get_client() as client:
-        # The pre-flight: the balance, compared with the estimate of the rows to create before any
-        # is submitted. A refused key fails here, before any task is attempted.
-        balance_before: float | None = None
+    partitions = dg.DynamicPartitionsDefinition(name=names.partitions)
+    manifest_key = names.key("prompt_manifest")
+    images_key = names.key("generated_images")
+    catalog_key = names.key("image_catalog")
+
+    @dg.asset(
+        key=manifest_key,
+        deps=list(manifest_deps),
+        io_manager_key=names.io_manager,
+        required_resource_keys={names.dataset},
+        kinds={"pandas", "parquet"},
+        group_name=names.group,
+        automation_condition=manifest_condition,
+    )
+    def prompt_manifest(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
+        """The validated, normalized manifest; keeps one partition of ``generated_images`` per batch.
+
+        Any invalid row fails this asset with a message that names every bad row and field, so
+        nothing downstream is submitted.
+        """
+        dataset: DatasetResource = getattr(context.resources, names.dataset)
         try:
-            balance_before = await client.get_credits()
-        except KieAuthError as exc:
-            raise dg.Failure(description=f"{exc} No image was attempted.", allow_retries=False) from None
-        except KieError as exc:
-            context.log.warning(
-                f"Could not read the account's balance ({exc}); going on without the pre-flight "
-                "check (a 402 from Kie still stops the batch)."
-            )
-        try:
-            df, summary = await generate_batch(
-                client,
-                store,
-                rows,
-                submitters=config.submitters,
-                max_consecutive_failures=config.max_consecutive_failures,
-                regenerate_expired=config.regenerate_expired,
-                prices=config.prices,
-                progress=context.log.info,
-                progress_interval=config.progress_interval_s,
-                lease_owner=f"Dagster run {context.run_id}",
-                max_credits=config.max_credits,
-                balance=balance_before,
-                callbacks=kie.callback_settings(),
-            )
-        except BatchLeaseHeld as exc:
-            raise dg.Failure(description=f"{exc} Nothing was submitted.", allow_retries=False) from None
-        except SystemicError as exc:
-            df, summary, error = None, exc.summary, exc
-        balance = await _balance(client)
-        metadata = {
-            **_run_metadata(summary, balance, time.monotonic() - started),
-            **kie.usage_metadata(client),
-        }
-    if error is not None:
-        then = (
-            "Dagster retries this run with backoff; a retry costs nothing for finished rows."
-            if error.retryable
-            else "Fix the cause and re-materialize this partition to finish only what is missing."
+            df = dataset.load_manifest()
+        except ManifestError as exc:
+            raise dg.Failure(description=str(exc), metadata={"problems": len(exc.problems)}) from None
+        all_batches = sorted(df["batch"].unique())
+        new, removed = sync_partitions(context.instance, all_batches, names.partitions)
+        previous = _previous_keys(dataset, names)
+        changed = [b for b, g in df.groupby("batch") if set(g["request_key"]) != previous.get(str(b))]
+        preview = df[["id", "batch", "model", "prompt"]].head(10).copy()
+        preview["prompt"] = preview["prompt"].str.slice(0, 80)
+        return dg.Output(
+            df,
+            metadata={
+                "dagster/row_count": len(df),
+                "dagster/column_schema": column_schema(df),
+                "rows": len(df),
+                "batches": len(all_batches),
+                "new_batches": dg.MetadataValue.json(new),
+                "removed_batches": dg.MetadataValue.json(removed),
+                "changed_batches": dg.MetadataValue.json(sorted(map(str, changed))),
+                "manifest": dataset.manifest,
+                "partition_column": dataset.partition_column,
+                "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
+            },
         )
-        raise dg.Failure(
-            description=f"{str(error).rstrip('.')}. {_what_was_recorded(summary, dataset.store.url)} {then}",
-            metadata={**metadata, "unrecorded_tasks": dg.MetadataValue.json(summary.unrecorded)},
-            allow_retries=error.retryable and not summary.unrecorded,
-        )
-    assert df is not None
-    df = typed(df)
-    # Both read the store (hashes, thumbnails): off the event loop.
-    mismatched = await asyncio.to_thread(mismatched_copies, store, df)
-    preview = await asyncio.to_thread(thumbnail_markdown, store, df, limit=4)
-    rows_per_request = df.drop_duplicates("id")
-    rate = float((rows_per_request["state"] != "success").mean()) if len(rows_per_request) else 0.0
-    return dg.MaterializeResult(
-        value=df,
-        metadata={
-            **metadata,
-            "dagster/row_count": len(df),
-            "dagster/column_schema": column_schema(df),
-            "preview": dg.MetadataValue.md(preview),
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="durable_copies_match",
-                passed=not mismatched,
-                metadata={
-                    "checked": int((df["state"] == "success").sum()),
-                    "mismatched": dg.MetadataValue.json(mismatched[:50]),
-                },
-            ),
-            dg.AssetCheckResult(
-                check_name="failure_rate_below_threshold",
-                passed=rate <= config.max_failure_rate,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"failure_rate": rate, "threshold": config.max_failure_rate},
-            ),
+
+    @dg.asset(
+        key=images_key,
+        ins={"prompt_manifest": dg.AssetIn(manifest_key)},
+        partitions_def=partitions,
+        pool=pool,
+        # One partition per run: each batch is retried, cancelled and reported on its own, and the
+        # pool bounds how many batches talk to Kie at once (they share the account's limits).
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+        retry_policy=GENERATION_RETRY_POLICY,
+        io_manager_key=names.io_manager,
+        required_resource_keys={names.dataset, "kie"},
+        kinds={"pandas", "parquet"},
+        group_name=names.group,
+        automation_condition=generation_condition,
+        check_specs=[
+            dg.AssetCheckSpec("durable_copies_match", asset=images_key,
+                              description="Every success row has a durable file whose sha256 matches."),
+            dg.AssetCheckSpec("failure_rate_below_threshold", asset=images_key,
+                              description="The partition's failure rate is at most max_failure_rate."),
         ],
-    )
+    )  # fmt: skip
+    async def generated_images(
+        context: dg.AssetExecutionContext,
+        config: GenerateConfig,
+        prompt_manifest: pd.DataFrame,
+    ):  # -> dg.MaterializeResult[pd.DataFrame]; annotated, Dagster would count the checks as outputs
+        """One batch of results: submitted to Kie within its rate limit, waited for, and copied durably.
 
+        Rows already generated with an unchanged request are reused (no createTask); rows whose task
+        was created by an earlier, interrupted run are resumed; failed rows are retried.
+        """
+        dataset: DatasetResource = getattr(context.resources, names.dataset)
+        kie: KieResource = context.resources.kie
+        batch = context.partition_key
+        rows = prompt_manifest[prompt_manifest["batch"] == batch]
+        if rows.empty:
+            raise dg.Failure(
+                description=f"Batch {batch!r} has no rows in the current manifest snapshot; "
+                "materialize prompt_manifest first.",
+                allow_retries=False,
+            )
+        started = time.monotonic()
+        store = dataset.task_store()
+        error: SystemicError | None = None
+        async with kie.get_client() as client:
+            # The pre-flight: the balance, compared with the estimate of the rows to create before any
+            # is submitted. A refused key fails here, before any task is attempted.
+            balance_before: float | None = None
+            try:
+                balance_before = await client.get_credits()
+            except KieAuthError as exc:
+                raise dg.Failure(description=f"{exc} No image was attempted.", allow_retries=False) from None
+            except KieError as exc:
+                context.log.warning(
+                    f"Could not read the account's balance ({exc}); going on without the pre-flight "
+                    "check (a 402 from Kie still stops the batch)."
+                )
+            try:
+                df, summary = await generate_batch(
+                    client,
+                    store,
+                    rows,
+                    submitters=config.submitters,
+                    max_consecutive_failures=config.max_consecutive_failures,
+                    regenerate_expired=config.regenerate_expired,
+                    prices=config.prices,
+                    progress=context.log.info,
+                    progress_interval=config.progress_interval_s,
+                    lease_owner=f"Dagster run {context.run_id}",
+                    max_credits=config.max_credits,
+                    balance=balance_before,
+                    callbacks=kie.callback_settings(),
+                )
+            except BatchLeaseHeld as exc:
+                raise dg.Failure(description=f"{exc} Nothing was submitted.", allow_retries=False) from None
+            except SystemicError as exc:
+                df, summary, error = None, exc.summary, exc
+            balance = await _balance(client)
+            metadata = {
+                **_run_metadata(summary, balance, time.monotonic() - started),
+                **kie.usage_metadata(client),
+            }
+        if error is not None:
+            then = (
+                "Dagster retries this run with backoff; a retry costs nothing for finished rows."
+                if error.retryable
+                else "Fix the cause and re-materialize this partition to finish only what is missing."
+            )
+            recorded = _what_was_recorded(summary, dataset.store.url)
+            raise dg.Failure(
+                description=f"{str(error).rstrip('.')}. {recorded} {then}",
+                metadata={**metadata, "unrecorded_tasks": dg.MetadataValue.json(summary.unrecorded)},
+                allow_retries=error.retryable and not summary.unrecorded,
+            )
+        assert df is not None
+        df = typed(df)
+        # Both read the store (hashes, thumbnails): off the event loop.
+        mismatched = await asyncio.to_thread(mismatched_copies, store, df)
+        preview = await asyncio.to_thread(thumbnail_markdown, store, df, limit=4)
+        rows_per_request = df.drop_duplicates("id")
+        rate = float((rows_per_request["state"] != "success").mean()) if len(rows_per_request) else 0.0
+        return dg.MaterializeResult(
+            value=df,
+            metadata={
+                **metadata,
+                "dagster/row_count": len(df),
+                "dagster/column_schema": column_schema(df),
+                "preview": dg.MetadataValue.md(preview),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="durable_copies_match",
+                    passed=not mismatched,
+                    metadata={
+                        "checked": int((df["state"] == "success").sum()),
+                        "mismatched": dg.MetadataValue.json(mismatched[:50]),
+                    },
+                ),
+                dg.AssetCheckResult(
+                    check_name="failure_rate_below_threshold",
+                    passed=rate <= config.max_failure_rate,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"failure_rate": rate, "threshold": config.max_failure_rate},
+                ),
+            ],
+        )
 
-@dg.asset(
-    ins={"generated_images": dg.AssetIn(metadata={"allow_missing_partitions": True})},
-    io_manager_key="parquet_io",
-    kinds={"pandas", "parquet"},
-    group_name="kie",
-)
-def image_catalog(
-    context: dg.AssetExecutionContext,
-    generated_images: dict[str, pd.DataFrame],
-    prompt_manifest: pd.DataFrame,
-    dataset: DatasetResource,
-) -> dg.Output[pd.DataFrame]:
-    """Every result of every batch of the current manifest: ``{KIE_STORE}/image_catalog.parquet``.
-
-    Rows whose id and batch are no longer in the manifest (a removed or renamed batch, an id moved
-    to another batch) are left out; their files and task records stay in the store.
-    """
-    everything = build_catalog(generated_images.values())
-    current = pd.MultiIndex.from_frame(prompt_manifest[["batch", "id"]].astype("string"))
-    keep = pd.MultiIndex.from_frame(everything[["batch", "id"]]).isin(current)
-    catalog = everything[keep].reset_index(drop=True)
-    missing = sorted(set(prompt_manifest["batch"].astype(str)) - set(generated_images))
-    if missing:
-        context.log.info(f"Batches not generated yet (materialize generated_images for them): {missing}")
-    by_state = catalog["state"].value_counts().to_dict()
-    by_batch = catalog.groupby("batch")["state"].value_counts().unstack(fill_value=0)
-    return dg.Output(
-        catalog,
-        metadata={
-            "dagster/row_count": len(catalog),
-            "dagster/column_schema": column_schema(catalog),
-            "rows": len(catalog),
-            "batches": len(generated_images),
-            "batches_not_generated": dg.MetadataValue.json(missing),
-            "rows_left_out": int((~keep).sum()),
-            "by_state": dg.MetadataValue.json({str(k): int(v) for k, v in by_state.items()}),
-            "by_batch": dg.MetadataValue.md(by_batch.to_markdown()) if len(by_batch) else "",
-            "total_bytes": int(catalog["bytes"].fillna(0).sum()),
-            "credits": float(catalog["credits"].fillna(0).sum()),
-            "gallery": dg.MetadataValue.md(thumbnail_markdown(dataset.task_store(), catalog, limit=8)),
+    @dg.asset(
+        key=catalog_key,
+        ins={
+            "generated_images": dg.AssetIn(images_key, metadata={"allow_missing_partitions": True}),
+            "prompt_manifest": dg.AssetIn(manifest_key),
         },
+        io_manager_key=names.io_manager,
+        required_resource_keys={names.dataset},
+        kinds={"pandas", "parquet"},
+        group_name=names.group,
+        automation_condition=catalog_condition,
+    )
+    def image_catalog(
+        context: dg.AssetExecutionContext,
+        generated_images: dict[str, pd.DataFrame],
+        prompt_manifest: pd.DataFrame,
+    ) -> dg.Output[pd.DataFrame]:
+        """Every result of every batch of the current manifest: ``{store}/image_catalog.parquet``.
+
+        Rows whose id and batch are no longer in the manifest (a removed or renamed batch, an id
+        moved to another batch) are left out; their files and task records stay in the store.
+        """
+        dataset: DatasetResource = getattr(context.resources, names.dataset)
+        everything = build_catalog(generated_images.values())
+        current = pd.MultiIndex.from_frame(prompt_manifest[["batch", "id"]].astype("string"))
+        keep = pd.MultiIndex.from_frame(everything[["batch", "id"]]).isin(current)
+        catalog = everything[keep].reset_index(drop=True)
+        missing = sorted(set(prompt_manifest["batch"].astype(str)) - set(generated_images))
+        if missing:
+            context.log.info(f"Batches not generated yet (materialize generated_images for them): {missing}")
+        by_state = catalog["state"].value_counts().to_dict()
+        by_batch = catalog.groupby("batch")["state"].value_counts().unstack(fill_value=0)
+        return dg.Output(
+            catalog,
+            metadata={
+                "dagster/row_count": len(catalog),
+                "dagster/column_schema": column_schema(catalog),
+                "rows": len(catalog),
+                "batches": len(generated_images),
+                "batches_not_generated": dg.MetadataValue.json(missing),
+                "rows_left_out": int((~keep).sum()),
+                "by_state": dg.MetadataValue.json({str(k): int(v) for k, v in by_state.items()}),
+                "by_batch": dg.MetadataValue.md(by_batch.to_markdown()) if len(by_batch) else "",
+                "total_bytes": int(catalog["bytes"].fillna(0).sum()),
+                "credits": float(catalog["credits"].fillna(0).sum()),
+                "gallery": dg.MetadataValue.md(thumbnail_markdown(dataset.task_store(), catalog, limit=8)),
+            },
+        )
+
+    @dg.asset_check(
+        asset=catalog_key,
+        required_resource_keys={names.dataset},
+        description="Every success row's durable copy exists with the recorded size (one listing of "
+        "the store, no reads; each partition's check verified the sha256 when the copy was written).",
+    )
+    def catalog_copies_match(
+        context: dg.AssetCheckExecutionContext, image_catalog: pd.DataFrame
+    ) -> dg.AssetCheckResult:
+        dataset: DatasetResource = getattr(context.resources, names.dataset)
+        missing = missing_copies(dataset.task_store(), image_catalog)
+        return dg.AssetCheckResult(
+            passed=not missing,
+            metadata={
+                "checked": int((image_catalog["state"] == "success").sum()),
+                "missing_or_wrong_size": dg.MetadataValue.json(missing[:50]),
+            },
+        )
+
+    @dg.asset_check(
+        asset=catalog_key,
+        blocking=True,
+        description="No result appears twice (id and result_index are unique); fails the run if one does.",
+    )
+    def catalog_ids_unique(image_catalog: pd.DataFrame) -> dg.AssetCheckResult:
+        dupes = image_catalog[image_catalog.duplicated(["id", "result_index"])]["id"].tolist()
+        return dg.AssetCheckResult(
+            passed=not dupes,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"duplicates": dg.MetadataValue.json(dupes[:50])},
+        )
+
+    return PipelineAssets(
+        names=names,
+        partitions=partitions,
+        prompt_manifest=prompt_manifest,
+        generated_images=generated_images,
+        image_catalog=image_catalog,
+        checks=(catalog_copies_match, catalog_ids_unique),
     )
 
 
-@dg.asset_check(
-    asset=image_catalog,
-    description="Every success row's durable copy exists with the recorded size (one listing of the "
-    "store, no reads; each partition's check verified the sha256 when the copy was written).",
-)
-def catalog_copies_match(image_catalog: pd.DataFrame, dataset: DatasetResource) -> dg.AssetCheckResult:
-    missing = missing_copies(dataset.task_store(), image_catalog)
-    return dg.AssetCheckResult(
-        passed=not missing,
-        metadata={
-            "checked": int((image_catalog["state"] == "success").sum()),
-            "missing_or_wrong_size": dg.MetadataValue.json(missing[:50]),
-        },
-    )
-
-
-@dg.asset_check(
-    asset=image_catalog,
-    blocking=True,
-    description="No result appears twice (id and result_index are unique); fails the run if one does.",
-)
-def catalog_ids_unique(image_catalog: pd.DataFrame) -> dg.AssetCheckResult:
-    dupes = image_catalog[image_catalog.duplicated(["id", "result_index"])]["id"].tolist()
-    return dg.AssetCheckResult(
-        passed=not dupes,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"duplicates": dg.MetadataValue.json(dupes[:50])},
-    )
-
+#: The unprefixed pipeline (what tests, benchmarks and the demo materialize directly).
+DEFAULT_PIPELINE = build_pipeline_assets()
+prompt_manifest = DEFAULT_PIPELINE.prompt_manifest
+generated_images = DEFAULT_PIPELINE.generated_images
+image_catalog = DEFAULT_PIPELINE.image_catalog
+catalog_copies_match, catalog_ids_unique = DEFAULT_PIPELINE.checks
 
 __all__ = [
+    "DEFAULT_PIPELINE",
+    "PipelineAssets",
+    "build_pipeline_assets",
     "catalog_copies_match",
     "catalog_ids_unique",
     "generated_images",

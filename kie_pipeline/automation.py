@@ -1,19 +1,73 @@
-"""Automation: a sensor that follows the manifest, and a schedule for periodic generation."""
+"""Automation of one pipeline, the declarative way.
+
+- ``manifest_file``: the manifest as an external asset. The ``manifest_sensor`` reports a new
+  version of it (a materialization whose data version is the file's sha256) when the file changes;
+  it starts no run and reads nothing but the file.
+- ``prompt_manifest`` follows ``manifest_file`` and ``image_catalog`` follows every batch of
+  ``generated_images`` (an :class:`~dagster.AutomationCondition` each, evaluated by the
+  ``refresh_automation`` sensor). Neither spends credits: on by default.
+- ``generated_images`` follows ``prompt_manifest``: a new batch, or a snapshot that changed, starts
+  one run per batch (rows already generated cost nothing: no createTask). It spends credits, so its
+  sensor, ``generation_automation``, starts stopped, as does the ``nightly_generation`` schedule.
+
+Batches become partitions when ``prompt_manifest`` materializes them (never earlier), so a batch is
+never generated from a snapshot that does not hold it.
+"""
+
+from __future__ import annotations
 
 import hashlib
-import json
+from dataclasses import dataclass
 
 import dagster as dg
 import fsspec
 
-from kie_pipeline.pipeline.manifest import ManifestError, load_manifest
-
-from .assets import generated_images, prompt_manifest, snapshot_batches
-from .partitions import batches
+from .assets import DEFAULT_PIPELINE, PipelineAssets, snapshot_batches
+from .names import PipelineNames
 from .resources import DatasetResource
 
+AC = dg.AutomationCondition
 
-def _manifest_digest(path: str) -> str | None:
+#: Missing on the sensor's first evaluation (eager alone waits for the next change): a new
+#: deployment materializes what it never had, once its inputs exist.
+_FIRST_TIME = AC.missing().newly_true() & ~AC.any_deps_missing() & ~AC.in_progress()
+#: prompt_manifest: when the manifest file has a new version, or when it was never materialized.
+MANIFEST_CONDITION = AC.eager() | _FIRST_TIME
+#: generated_images: each batch when it appears (or was never generated when the sensor is turned
+#: on) and whenever the snapshot changes; never while a run or backfill of it is in progress.
+GENERATION_CONDITION = AC.eager() | _FIRST_TIME
+#: image_catalog: after any batch (or the snapshot) is materialized, once nothing upstream is in
+#: progress (so a backfill ends with one refresh, not one per batch). Batches never generated do not
+#: hold it back. (Dagster's eager, whose any_deps_missing would wait for every batch ever registered.)
+CATALOG_CONDITION = AC.eager().without(~AC.any_deps_missing()).with_label("eager_allow_missing_batches")
+
+
+@dataclass(frozen=True)
+class AutomationSettings:
+    """Which automation starts running on a new deployment (each can be toggled in the UI later)."""
+
+    #: The manifest sensor and the refresh of prompt_manifest and image_catalog (no credits).
+    refresh: bool = True
+    #: generated_images follows the manifest (spends credits: off until a user turns it on).
+    generate: bool = False
+    #: The nightly schedule, which retries failed rows and resumes unfinished ones (spends credits).
+    nightly: bool = False
+    #: When the nightly schedule runs (cron, the Dagster instance's time zone).
+    nightly_cron: str = "0 2 * * *"
+
+
+def manifest_file_spec(names: PipelineNames) -> dg.AssetSpec:
+    """The manifest file, as an external asset upstream of ``prompt_manifest``."""
+    return dg.AssetSpec(
+        names.key("manifest_file"),
+        group_name=names.group,
+        kinds={"csv"},
+        description="The manifest file (CSV or Parquet). The manifest sensor records a new version "
+        "(data version: its sha256) each time the file changes.",
+    )
+
+
+def _digest(path: str) -> str | None:
     try:
         with fsspec.open(path, "rb") as fh:
             return hashlib.sha256(fh.read()).hexdigest()
@@ -21,74 +75,92 @@ def _manifest_digest(path: str) -> str | None:
         return None
 
 
-@dg.sensor(
-    target=[prompt_manifest, generated_images],
-    minimum_interval_seconds=30,
-    # It starts paid runs: off until a user turns it on (UI, or `dagster sensor start manifest_sensor`).
-    default_status=dg.DefaultSensorStatus.STOPPED,
-)
-def manifest_sensor(
-    context: dg.SensorEvaluationContext, dataset: DatasetResource
-) -> dg.SensorResult | dg.SkipReason:
-    """Watches the manifest: registers new batches, refreshes ``prompt_manifest`` when the file
-    changes, then generates the batches that snapshot reports as new or changed.
+def _status(on: bool) -> dg.DefaultSensorStatus:
+    return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
 
-    The two steps are separate ticks so a batch is generated only from a snapshot that holds it.
-    """
-    cursor = json.loads(context.cursor) if context.cursor else {}
-    run_requests: list[dg.RunRequest] = []
-    partition_requests: list[dg.AddDynamicPartitionsRequest] = []
 
-    digest = _manifest_digest(dataset.manifest)
-    if digest is None:
-        return dg.SkipReason(f"No manifest at {dataset.manifest}.")
-    if digest != cursor.get("manifest_sha256"):
-        try:
-            manifest = load_manifest(dataset.manifest)
-        except ManifestError as exc:
-            return dg.SkipReason(f"The manifest is invalid, nothing requested:\n{exc}")
-        known = set(context.instance.get_dynamic_partitions(batches.name))
-        new = sorted(set(manifest["batch"]) - known)
-        if new:
-            partition_requests.append(batches.build_add_request(new))
-        run_requests.append(
-            dg.RunRequest(run_key=f"manifest-{digest[:16]}", asset_selection=[prompt_manifest.key])
-        )
-        cursor["manifest_sha256"] = digest
+def build_manifest_sensor(names: PipelineNames, on: bool = True) -> dg.SensorDefinition:
+    """The sensor that records a new version of ``manifest_file`` when the file's content changes."""
+    file_key = names.key("manifest_file")
 
-    records = context.instance.fetch_materializations(prompt_manifest.key, limit=1).records
-    event = records[0] if records else None
-    if event is not None and event.storage_id > cursor.get("snapshot_storage_id", -1):
-        materialization = event.asset_materialization
-        changed = materialization.metadata.get("changed_batches") if materialization else None
-        for batch in (changed.value if changed is not None else []) or []:
-            run_requests.append(
-                dg.RunRequest(
-                    run_key=f"generate-{batch}-{event.storage_id}",
-                    partition_key=batch,
-                    asset_selection=[generated_images.key],
-                )
-            )
-        cursor["snapshot_storage_id"] = event.storage_id
-
-    return dg.SensorResult(
-        run_requests=run_requests, dynamic_partitions_requests=partition_requests, cursor=json.dumps(cursor)
+    @dg.sensor(
+        name=names.sensor("manifest_sensor"),
+        minimum_interval_seconds=30,
+        required_resource_keys={names.dataset},
+        default_status=_status(on),
+        description="Records a new version of the manifest file when its content changes; the "
+        "declarative automation does the rest. Starts no run itself.",
     )
+    def manifest_sensor(
+        context: dg.SensorEvaluationContext, **_resources: object
+    ) -> dg.SensorResult | dg.SkipReason:
+        # (Dagster hands required resources as keyword arguments when a sensor is called directly.)
+        dataset: DatasetResource = getattr(context.resources, names.dataset)
+        digest = _digest(dataset.manifest)
+        if digest is None:
+            return dg.SkipReason(f"No manifest at {dataset.manifest}.")
+        if digest == context.cursor:
+            return dg.SkipReason("The manifest has not changed.")
+        event = dg.AssetMaterialization(
+            file_key,
+            metadata={"path": dataset.manifest, "sha256": digest},
+            tags={"dagster/data_version": digest},
+        )
+        return dg.SensorResult(asset_events=[event], cursor=digest)
+
+    return manifest_sensor
 
 
-@dg.schedule(
-    cron_schedule="0 2 * * *", target=generated_images, default_status=dg.DefaultScheduleStatus.STOPPED
-)
-def nightly_generation(context: dg.ScheduleEvaluationContext, dataset: DatasetResource):
-    """Every night, one run per batch of the manifest snapshot: retries failed rows and resumes
-    unfinished ones. Rows already generated cost nothing (no createTask), so this is safe daily.
+def build_automation_sensors(
+    pipeline: PipelineAssets, settings: AutomationSettings
+) -> list[dg.SensorDefinition]:
+    """The manifest sensor and the two automation condition sensors of ``pipeline``."""
+    names = pipeline.names
+    return [
+        build_manifest_sensor(names, settings.refresh),
+        dg.AutomationConditionSensorDefinition(
+            names.sensor("refresh_automation"),
+            target=dg.AssetSelection.assets(pipeline.prompt_manifest, pipeline.image_catalog),
+            default_status=_status(settings.refresh),
+            description="Refreshes prompt_manifest when the manifest file changes and image_catalog "
+            "after batches are generated (no credits).",
+        ),
+        dg.AutomationConditionSensorDefinition(
+            names.sensor("generation_automation"),
+            target=dg.AssetSelection.assets(pipeline.generated_images),
+            default_status=_status(settings.generate),
+            description="Generates each new or changed batch of the manifest (spends credits).",
+        ),
+    ]
 
-    Batches no longer in the snapshot (removed from the manifest) are skipped: their data stays.
-    """
-    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    current = snapshot_batches(dataset)
-    registered = context.instance.get_dynamic_partitions(batches.name)
-    keys = [key for key in registered if key in current]
-    if not keys:
-        return dg.SkipReason("No batch to generate: materialize prompt_manifest first.")
-    return [dg.RunRequest(run_key=f"nightly-{day}-{key}", partition_key=key) for key in keys]
+
+def build_nightly_schedule(pipeline: PipelineAssets, settings: AutomationSettings) -> dg.ScheduleDefinition:
+    """The schedule that runs every batch of the snapshot: retries failed rows, resumes unfinished
+    ones. Rows already generated cost nothing (no createTask), so it is safe to run daily. Batches no
+    longer in the snapshot (removed from the manifest) are skipped: their data stays."""
+    names = pipeline.names
+
+    @dg.schedule(
+        name=names.sensor("nightly_generation"),
+        cron_schedule=settings.nightly_cron,
+        target=pipeline.generated_images,
+        required_resource_keys={names.dataset},
+        default_status=dg.DefaultScheduleStatus.RUNNING
+        if settings.nightly
+        else dg.DefaultScheduleStatus.STOPPED,
+    )
+    def nightly_generation(context: dg.ScheduleEvaluationContext, **_resources: object):
+        dataset: DatasetResource = getattr(context.resources, names.dataset)
+        day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+        current = snapshot_batches(dataset, names)
+        registered = context.instance.get_dynamic_partitions(names.partitions)
+        keys = [key for key in registered if key in current]
+        if not keys:
+            return dg.SkipReason("No batch to generate: materialize prompt_manifest first.")
+        return [dg.RunRequest(run_key=f"nightly-{day}-{key}", partition_key=key) for key in keys]
+
+    return nightly_generation
+
+
+#: The unprefixed pipeline's schedule (the project's own; also for tests in process).
+nightly_generation = build_nightly_schedule(DEFAULT_PIPELINE, AutomationSettings())

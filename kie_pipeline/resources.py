@@ -6,6 +6,7 @@ import tempfile
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 from upath import UPath
 
@@ -18,6 +19,7 @@ from kie_pipeline.client import (
     RetryPolicy,
 )
 from kie_pipeline.pipeline.callbacks import CallbackSettings
+from kie_pipeline.pipeline.manifest import ManifestOptions, load_manifest
 from kie_pipeline.pipeline.store import TaskStore
 
 MISSING_KEY_HELP = (
@@ -160,10 +162,32 @@ class StoreResource(dg.ConfigurableResource):
 
 
 class DatasetResource(dg.ConfigurableResource):
-    """Where the manifest is read from and the store images, task records and tables are written to."""
+    """Where the manifest is read from and the store images, task records and tables are written to,
+    and how the manifest is read (its partition column, the defaults of its empty cells)."""
 
     manifest: str = Field(description="Path or fsspec URL of the manifest (.csv or .parquet).")
     store: StoreResource = Field(description="The store of all outputs.")
+    partition_column: str = Field(
+        default=ManifestOptions.partition_column,
+        description="The manifest column whose values are the partitions (named `batch` in the tables).",
+    )
+    default_model: str | None = Field(
+        default=ManifestOptions.default_model,
+        description="The model of rows whose `model` is empty (None: nano-banana-pro).",
+    )
+    default_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Defaults of empty input cells: a named column (resolution, aspect_ratio, ...) or a "
+        "model's own field; each applies to the rows whose model has it.",
+    )
+
+    def manifest_options(self) -> ManifestOptions:
+        """How this dataset's manifest is read."""
+        return ManifestOptions(self.partition_column, self.default_model, self.default_params)
+
+    def load_manifest(self) -> pd.DataFrame:
+        """The validated manifest (raises :class:`~kie_pipeline.pipeline.manifest.ManifestError`)."""
+        return load_manifest(self.manifest, self.manifest_options())
 
     def task_store(self) -> TaskStore:
         """Task records and durable copies in :attr:`store`."""

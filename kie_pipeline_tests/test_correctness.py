@@ -130,15 +130,7 @@ def test_schedule_skips_a_registered_batch_missing_from_the_snapshot(env, emulat
         assert sorted(r.partition_key for r in nightly_generation(ctx)) == ["animals", "cities"]
 
 
-# -- 4. nothing that spends credits starts by itself ------------------------------------------
-def test_sensor_and_schedule_are_stopped_on_a_new_deployment(env) -> None:
-    from kie_pipeline.definitions import build_definitions
-
-    defs = build_definitions()
-    for sensor in defs.sensors or []:
-        assert sensor.default_status == dg.DefaultSensorStatus.STOPPED, sensor.name
-    for schedule in defs.schedules or []:
-        assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED, schedule.name
+# -- 4. nothing that spends credits starts by itself: test_component.py
 
 
 # -- 5. a lost createTask answer is never retried blindly ---------------------------------------

@@ -8,7 +8,6 @@ import signal
 import time
 from pathlib import Path
 
-import dagster as dg
 import pandas as pd
 
 from kie_pipeline.emulator import FAIL_MARKER, EmulatorServer
@@ -218,28 +217,6 @@ def test_resume_after_sigkill_mid_partition_creates_no_duplicates(env, emulator,
     assert md["images_resumed"] == len(recorded) and md["images_created"] == 8 - len(recorded)
     assert md["resubmitted_uncertain"] == len(intents)
     assert md["images_succeeded"] == 8
-
-
-def test_sensor_registers_batches_then_requests_changed_ones(env, emulator, instance) -> None:
-    from kie_pipeline.automation import manifest_sensor
-    from kie_pipeline.definitions import build_resources
-
-    resources = build_resources()
-    dataset = {"dataset": resources["dataset"]}
-    # Contexts are closed (with): an open one leaves its instance in Dagster's context variables.
-    with dg.build_sensor_context(instance=instance, resources=dataset) as ctx:
-        first = manifest_sensor(ctx)
-    assert first.dynamic_partitions_requests[0].partition_keys == ["animals", "cities"]
-    assert [r.asset_selection for r in first.run_requests] == [[dg.AssetKey("prompt_manifest")]]
-    # the sensor's run of prompt_manifest (done here in process), then the next tick
-    instance.add_dynamic_partitions("batches", ["animals", "cities"])
-    Pipeline(instance).manifest()
-    with dg.build_sensor_context(instance=instance, cursor=first.cursor, resources=dataset) as ctx:
-        second = manifest_sensor(ctx)
-    assert sorted(r.partition_key for r in second.run_requests) == ["animals", "cities"]
-    # unchanged manifest, no new snapshot: nothing to do
-    with dg.build_sensor_context(instance=instance, cursor=second.cursor, resources=dataset) as ctx:
-        assert manifest_sensor(ctx).run_requests == []
 
 
 def test_generated_images_is_async_and_returns_its_table_usage_and_checks_in_one_result(

@@ -11,11 +11,13 @@ here (see :mod:`.uploads`) and enters the request as ``local:sha256:<hex>``, its
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ import fsspec
 import pandas as pd
 
 from kie_pipeline.client import DEFAULT_MODEL, KieValidationError, get_model
-from kie_pipeline.client.registry import ModelSpec, is_http_url
+from kie_pipeline.client.registry import MODELS, ModelSpec, is_http_url
 from kie_pipeline.client.transport import dumps
 
 from .schema import RESERVED_NAMES
@@ -40,6 +42,46 @@ DEFAULT_BATCH = "default"
 BATCH_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_ID_CHARS = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    """How one pipeline reads its manifest: the column that partitions it and the defaults of empty
+    cells. The defaults fill only what a row leaves empty; a row's own value always wins."""
+
+    #: The column whose values are the partitions (it becomes ``batch`` in every table).
+    partition_column: str = "batch"
+    #: The model of rows whose ``model`` is empty (None: the built-in default, nano-banana-pro).
+    default_model: str | None = None
+    #: Defaults of input fields: a named column (``resolution``, ``aspect_ratio``, ...) or a model's
+    #: own field (Kie's name, e.g. ``duration``). Each applies to the rows whose model has that field.
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these options themselves (checked before any row)."""
+        out = []
+        if self.default_model is not None:
+            try:
+                get_model(self.default_model)
+            except KieValidationError as exc:
+                out.append(f"default_model: {exc.message}")
+        known = set(NAMED_INPUT_COLUMNS) | {
+            name for spec in MODELS.values() for name in spec.input.model_fields if name != "prompt"
+        }
+        out += [
+            f"defaults: {key!r} is neither a manifest column ({', '.join(NAMED_INPUT_COLUMNS)}) nor a "
+            "field of any model"
+            for key in self.defaults
+            if key not in known
+        ]
+        return out
+
+    def fill(self, inp: dict[str, Any], spec: ModelSpec) -> None:
+        """Add the defaults that ``spec`` takes and the row left empty to ``inp``."""
+        for key, value in self.defaults.items():
+            name = spec.columns.get(key) if key in NAMED_INPUT_COLUMNS else key
+            if name and name in spec.input.model_fields and inp.get(name) is None:
+                inp[name] = value
 
 
 @dataclass(frozen=True)
@@ -160,7 +202,10 @@ def _check_id(value: Any) -> str | None:
 
 
 def validate_manifest(
-    df: pd.DataFrame, source: str = "manifest", base_dir: str | None = None
+    df: pd.DataFrame,
+    source: str = "manifest",
+    base_dir: str | None = None,
+    options: ManifestOptions | None = None,
 ) -> pd.DataFrame:
     """Validate every row and return the normalized manifest.
 
@@ -169,12 +214,22 @@ def validate_manifest(
     request input; local files as ``local:sha256:<hex>``), ``request_key``, ``row_number`` (1-based
     data row) and ``local_images`` (JSON: each local reference → its file), then the manifest's
     extra columns unchanged. Local image paths are relative to ``base_dir`` (default: the current
-    folder; :func:`load_manifest` passes the manifest's folder).
+    folder; :func:`load_manifest` passes the manifest's folder). ``options`` name the partition
+    column (renamed ``batch``) and the defaults of empty cells.
 
     Raises:
         ManifestError: listing every problem (row number, id, field), if there is any.
     """
-    problems: list[Problem] = []
+    options = options or ManifestOptions()
+    problems: list[Problem] = [Problem(None, None, "options", p) for p in options.problems()]
+    column = options.partition_column
+    if column != "batch":
+        if column not in df.columns:
+            problems.append(Problem(None, None, column, "the partition column is missing"))
+        elif "batch" in df.columns:
+            problems.append(Problem(None, None, "batch", f"clashes with the partition column {column!r}"))
+        else:
+            df = df.rename(columns={column: "batch"})
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     for col in missing:
         problems.append(Problem(None, None, col, "required column is missing"))
@@ -222,11 +277,11 @@ def validate_manifest(
 
         batch = _text(rec.get("batch"))
         if batch is None:
-            bad("batch", "is empty", rid)
+            bad(column, "is empty", rid)
         elif not BATCH_PATTERN.match(batch):
-            bad("batch", f"{batch[:40]!r} must be 1-100 of A-Z a-z 0-9 . _ - (it names a partition)", rid)
+            bad(column, f"{batch[:40]!r} must be 1-100 of A-Z a-z 0-9 . _ - (it names a partition)", rid)
 
-        model = _text(rec.get("model")) or DEFAULT_MODEL
+        model = _text(rec.get("model")) or options.default_model or DEFAULT_MODEL
         prompt = rec.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             bad("prompt", "is empty", rid)
@@ -239,6 +294,7 @@ def validate_manifest(
             bad("model", exc.message, rid)
         else:
             inp, sources = _row_input(rec, spec.columns, prompt, lambda f, m, _r=rid: bad(f, m, _r))
+            options.fill(inp, spec)
             if not row_problems:
                 local, shown = _local_images(
                     inp, spec, base, checked, lambda f, m, _r=rid, _s=sources: bad(_s.get(f, f), m, _r)
@@ -374,9 +430,9 @@ def _named_value(normalized: dict[str, Any], field: str | None) -> Any:
     return json.dumps(value) if isinstance(value, list) else value
 
 
-def load_manifest(path: str) -> pd.DataFrame:
+def load_manifest(path: str, options: ManifestOptions | None = None) -> pd.DataFrame:
     """Read and validate a manifest file: the normalized manifest, or a :class:`ManifestError`.
 
     Local image paths in it are relative to the manifest's folder."""
     folder = path.rsplit("/", 1)[0] if "/" in path else "."
-    return validate_manifest(read_manifest(path), source=path, base_dir=folder)
+    return validate_manifest(read_manifest(path), source=path, base_dir=folder, options=options)

@@ -1,0 +1,235 @@
+"""The Dagster-native experience: KiePipelineComponent in a dg project (scaffold, check, list, launch
+against the emulator), several instances side by side, the manifest options, and the declarative
+automation (which conditions request what, and that nothing spending credits starts by itself)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from kie_pipeline.emulator import EmulatorServer
+from kie_pipeline.pipeline.manifest import ManifestError, ManifestOptions, validate_manifest
+
+from .pipeline_helpers import Pipeline, write_manifest
+
+DG = str(Path(sys.executable).parent / "dg")
+IN_PROCESS = json.dumps({"execution": {"config": {"in_process": {}}}})
+
+
+def _dg(project: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [DG, *args], cwd=project, env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert result.returncode == 0, f"dg {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _project(root: Path) -> Path:
+    """A new dg project named ``studio`` (what `create-dagster project` makes, minus the venv)."""
+    (root / "src/studio/defs").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "studio"\nversion = "0.1.0"\ndependencies = ["kie-pipeline"]\n\n'
+        '[tool.dg]\ndirectory_type = "project"\n\n[tool.dg.project]\nroot_module = "studio"\n'
+    )
+    (root / "src/studio/__init__.py").write_text("")
+    (root / "src/studio/defs/__init__.py").write_text("")
+    (root / "src/studio/definitions.py").write_text(
+        "from pathlib import Path\n\nimport dagster as dg\n\n\n@dg.definitions\ndef defs():\n"
+        "    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)\n"
+    )
+    return root
+
+
+def test_a_dg_project_scaffolds_checks_lists_and_launches_two_pipelines_side_by_side(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    project = _project(tmp_path / "studio")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(Path(sys.executable).parent.parent),
+        "PYTHONPATH": str(project / "src"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "KIE_BASE_URL": emulator.url,
+        "KIE_API_KEY": emulator.config.api_key,
+        "TMPDIR": str(tmp_path),
+    }
+    for var in ("KIE_MANIFEST", "KIE_STORE", "KIE_STORE_OPTIONS", "KIE_CALLBACK_URL"):
+        env.pop(var, None)
+    (tmp_path / "home").mkdir()
+    components = _dg(project, "list", "components", "--json", env=env).stdout
+    assert "kie_pipeline.component.KiePipelineComponent" in components
+    for name in ("faces", "pets"):
+        params = json.dumps({"manifest": f"data/{name}.csv", "store": f"data/{name}", "key_prefix": name})
+        _dg(project, "scaffold", "defs", "kie_pipeline.component.KiePipelineComponent", name,
+            "--json-params", params, env=env)  # fmt: skip
+    # The scaffolder wrote each defs.yaml and a two-row sample manifest.
+    assert "key_prefix: faces" in (project / "src/studio/defs/faces/defs.yaml").read_text()
+    assert len(pd.read_csv(project / "data/pets.csv")) == 2
+    # One row in one batch for pets: the launch below is the smallest real run.
+    write_manifest(str(project / "data/pets.csv"), [{"id": "cat", "batch": "one", "prompt": "A cat"}])
+
+    assert "successfully" in _dg(project, "check", "defs", env=env).stdout
+    listed = json.loads(_dg(project, "list", "defs", "--json", env=env).stdout)
+    keys = {a["asset_key"] for a in listed["assets"]}
+    for name in ("faces", "pets"):
+        assert {
+            f"{name}/{a}" for a in ("manifest_file", "prompt_manifest", "generated_images", "image_catalog")
+        } <= keys
+    sensors = {s["name"] for s in listed["sensors"]}
+    assert {"faces_manifest_sensor", "pets_generation_automation", "pets_refresh_automation"} <= sensors
+    assert {s["name"] for s in listed["schedules"]} == {"faces_nightly_generation", "pets_nightly_generation"}
+
+    _dg(project, "launch", "--assets", "pets/prompt_manifest", "--config-json", IN_PROCESS, env=env)
+    _dg(project, "launch", "--assets", "pets/generated_images", "--partition", "one",
+        "--config-json", IN_PROCESS, env=env)  # fmt: skip
+    table = pd.read_parquet(project / "data/pets/pets/generated_images/one.parquet")
+    assert list(table["id"]) == ["cat"] and list(table["state"]) == ["success"]
+    assert (project / "data/pets" / table["image_uri"][0].split("data/pets/", 1)[-1]).exists()
+    # The other pipeline is untouched: its own store, no run.
+    assert not (project / "data/faces/faces").exists()
+    assert emulator.emulator.snapshot()["created"] == 1  # one row, one createTask
+
+
+def test_the_repo_is_a_dg_project_built_by_its_component(env: Path) -> None:
+    from kie_pipeline.definitions import build_definitions
+
+    defs = build_definitions()
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "manifest_file", "prompt_manifest", "generated_images", "image_catalog", "kie_account",
+    }  # fmt: skip
+    assert set(defs.resources or {}) >= {"kie", "dataset", "parquet_io"}
+
+
+# -- the manifest options a component sets --------------------------------------------------------
+def _validate(rows: list[dict[str, object]], **options: object) -> pd.DataFrame:
+    return validate_manifest(pd.DataFrame(rows), options=ManifestOptions(**options))  # type: ignore[arg-type]
+
+
+def test_a_partition_column_becomes_batch_and_its_problems_name_it() -> None:
+    df = _validate([{"id": "a", "project": "p1", "prompt": "x"}], partition_column="project")
+    assert list(df["batch"]) == ["p1"] and "project" not in df.columns
+    with pytest.raises(ManifestError) as missing:
+        _validate([{"id": "a", "prompt": "x"}], partition_column="project")
+    assert "field 'project': the partition column is missing" in str(missing.value)
+    with pytest.raises(ManifestError) as bad:
+        _validate([{"id": "a", "project": "no/slash", "prompt": "x"}], partition_column="project")
+    assert "row 1 (id 'a'), field 'project'" in str(bad.value)
+
+
+def test_defaults_fill_only_empty_cells_of_models_that_take_them() -> None:
+    rows = [
+        {"id": "a", "prompt": "x"},  # default model, default resolution
+        {"id": "b", "prompt": "x", "resolution": "4K"},  # its own value wins
+        {
+            "id": "c",
+            "prompt": "x",
+            "model": "suno/V4_5",
+            "input": '{"customMode": false, "instrumental": false}',
+        },
+    ]
+    df = _validate(
+        rows, default_model="nano-banana-pro", defaults={"resolution": "2K", "aspect_ratio": "16:9"}
+    )
+    inputs = [json.loads(v) for v in df["input_json"]]
+    assert (inputs[0]["resolution"], inputs[0]["aspect_ratio"]) == ("2K", "16:9")
+    assert inputs[1]["resolution"] == "4K"
+    assert "resolution" not in inputs[2] and "aspect_ratio" not in inputs[2]  # Suno takes neither
+    # A default changes the request, so the request key: a changed default is a new request.
+    assert df["request_key"][0] != _validate(rows[:1])["request_key"][0]
+
+
+def test_options_that_name_nothing_are_refused_before_any_row() -> None:
+    assert ManifestOptions(default_model="no-such-model").problems()
+    assert ManifestOptions(defaults={"resolutoin": "2K"}).problems()[0].startswith("defaults: 'resolutoin'")
+    assert ManifestOptions(defaults={"duration": 5, "resolution": "2K"}).problems() == []
+
+
+# -- declarative automation -------------------------------------------------------------------
+def _requested(result: dg.EvaluateAutomationConditionsResult, key: str) -> set[str | None]:
+    return set(result.get_requested_partitions(dg.AssetKey(key)))
+
+
+def test_automation_follows_the_manifest_and_refreshes_the_catalog(env: Path, instance) -> None:
+    from kie_pipeline.definitions import build_definitions
+
+    defs = build_definitions()
+    sensor = defs.get_sensor_def("manifest_sensor")
+    resources = {"dataset": defs.resources["dataset"]}
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        first = sensor(ctx)
+    assert isinstance(first, dg.SensorResult) and first.run_requests == []
+    [event] = first.asset_events
+    assert event.asset_key == dg.AssetKey("manifest_file") and not instance.get_dynamic_partitions("batches")
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor) as ctx:
+        assert isinstance(sensor(ctx), dg.SkipReason)  # the same file: nothing to report
+    instance.report_runless_asset_event(event)
+
+    # The manifest file was recorded: prompt_manifest (free) is requested, no batch exists yet.
+    result = dg.evaluate_automation_conditions(defs, instance)
+    assert _requested(result, "prompt_manifest") == {None}
+    result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
+    assert not _requested(result, "prompt_manifest")  # requested once, not on every tick
+    assert not _requested(result, "generated_images")
+    pipe = Pipeline(instance)
+    pipe.manifest()
+    # The snapshot registered the batches: each is requested, and the catalog waits for them.
+    result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
+    assert _requested(result, "generated_images") == {"animals", "cities"}
+    assert not _requested(result, "prompt_manifest")
+    # What a daemon would launch: each batch (by automation or a UI backfill), and the catalog.
+    pipe.batch("animals")
+    pipe.batch("cities")
+    pipe.catalog()
+    result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
+    assert result.total_requested == 0  # the catalog was built after the batches: up to date
+    # A backfill of one batch from the UI (a rerun): the catalog refreshes after it, once.
+    pipe.batch("cities")
+    result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
+    assert _requested(result, "image_catalog") == {None} and result.total_requested == 1
+    pipe.catalog()
+    result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
+    assert result.total_requested == 0
+
+
+def test_nothing_that_spends_credits_starts_by_itself(env: Path) -> None:
+    from kie_pipeline.definitions import build_definitions
+
+    defs = build_definitions()
+    status = {s.name: s.default_status for s in defs.sensors or []}
+    assert status == {
+        "manifest_sensor": dg.DefaultSensorStatus.RUNNING,
+        "refresh_automation": dg.DefaultSensorStatus.RUNNING,
+        "generation_automation": dg.DefaultSensorStatus.STOPPED,
+    }
+    assert [s.default_status for s in defs.schedules or []] == [dg.DefaultScheduleStatus.STOPPED]
+    # The running automation sensor targets only what spends nothing.
+    refresh = defs.get_sensor_def("refresh_automation")
+    graph = defs.resolve_asset_graph()
+    targeted = refresh.asset_selection.resolve(graph)
+    assert targeted == {dg.AssetKey("prompt_manifest"), dg.AssetKey("image_catalog")}
+
+
+def test_a_changed_manifest_is_reported_again(env: Path, instance) -> None:
+    from kie_pipeline.definitions import build_definitions
+
+    defs = build_definitions()
+    sensor = defs.get_sensor_def("manifest_sensor")
+    resources = {"dataset": defs.resources["dataset"]}
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        first = sensor(ctx)
+    write_manifest(str(env / "prompts.csv"), [{"id": "one", "prompt": "just one"}])
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor) as ctx:
+        second = sensor(ctx)
+    assert second.cursor != first.cursor and len(second.asset_events) == 1
+    os.remove(env / "prompts.csv")
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=second.cursor) as ctx:
+        assert "No manifest" in str(sensor(ctx).skip_message)
