@@ -15,13 +15,8 @@ import pandas as pd
 from pydantic import Field
 
 from kie_pipeline.client import AsyncKieClient, KieAuthError, KieError
-from kie_pipeline.pipeline.catalog import (
-    build_catalog,
-    mismatched_copies,
-    missing_copies,
-    thumbnail_markdown,
-    typed,
-)
+from kie_pipeline.pipeline.catalog import build_catalog, mismatched_copies, missing_copies, typed
+from kie_pipeline.pipeline.contact_sheet import write_contact_sheet
 from kie_pipeline.pipeline.generation import BatchSummary, SystemicError, generate_batch
 from kie_pipeline.pipeline.lease import BatchLeaseHeld
 from kie_pipeline.pipeline.manifest import ManifestError
@@ -41,6 +36,19 @@ def column_schema(df: pd.DataFrame) -> dg.TableSchema:
             for c, t in df.dtypes.items()
         ]
     )
+
+
+def _counts(values: pd.Series) -> dict[str, int]:
+    """Rows per value (e.g. per state), as JSON-ready counts."""
+    return {str(k): int(v) for k, v in values.value_counts().items()}
+
+
+def _crosstab(df: pd.DataFrame, by: str) -> str:
+    """A markdown table of rows per ``by`` value and state (empty when there are no rows)."""
+    if df.empty:
+        return "_no rows_"
+    table = pd.crosstab(df[by].fillna("(none)"), df["state"], margins=True, margins_name="total")
+    return table.to_markdown()
 
 
 def _read_snapshot(dataset: DatasetResource, columns: list[str], names: PipelineNames) -> pd.DataFrame | None:
@@ -281,9 +289,10 @@ def build_pipeline_assets(
         group_name=names.group,
         automation_condition=generation_condition,
         check_specs=[
-            dg.AssetCheckSpec("durable_copies_match", asset=images_key,
+            # Partitioned checks: each batch's result is its own, shown on its partition.
+            dg.AssetCheckSpec("durable_copies_match", asset=images_key, partitions_def=partitions,
                               description="Every success row has a durable file whose sha256 matches."),
-            dg.AssetCheckSpec("failure_rate_below_threshold", asset=images_key,
+            dg.AssetCheckSpec("failure_rate_below_threshold", asset=images_key, partitions_def=partitions,
                               description="The partition's failure rate is at most max_failure_rate."),
         ],
     )  # fmt: skip
@@ -364,7 +373,8 @@ def build_pipeline_assets(
         df = typed(df)
         # Both read the store (hashes, thumbnails): off the event loop.
         mismatched = await asyncio.to_thread(mismatched_copies, store, df)
-        preview = await asyncio.to_thread(thumbnail_markdown, store, df, limit=4)
+        sheet_name = "_".join((*names.prefix, "generated_images", batch))
+        sheet = await asyncio.to_thread(write_contact_sheet, store, df, sheet_name)
         rows_per_request = df.drop_duplicates("id")
         rate = float((rows_per_request["state"] != "success").mean()) if len(rows_per_request) else 0.0
         return dg.MaterializeResult(
@@ -373,7 +383,9 @@ def build_pipeline_assets(
                 **metadata,
                 "dagster/row_count": len(df),
                 "dagster/column_schema": column_schema(df),
-                "preview": dg.MetadataValue.md(preview),
+                "by_state": dg.MetadataValue.json(_counts(df["state"])),
+                "contact_sheet": dg.MetadataValue.md(sheet.markdown),
+                **({"contact_sheet_path": dg.MetadataValue.path(sheet.uri)} if sheet.uri else {}),
             },
             check_results=[
                 dg.AssetCheckResult(
@@ -423,8 +435,9 @@ def build_pipeline_assets(
         missing = sorted(set(prompt_manifest["batch"].astype(str)) - set(generated_images))
         if missing:
             context.log.info(f"Batches not generated yet (materialize generated_images for them): {missing}")
-        by_state = catalog["state"].value_counts().to_dict()
-        by_batch = catalog.groupby("batch")["state"].value_counts().unstack(fill_value=0)
+        gallery = write_contact_sheet(
+            dataset.task_store(), catalog, "_".join((*names.prefix, "image_catalog"))
+        )
         return dg.Output(
             catalog,
             metadata={
@@ -434,11 +447,14 @@ def build_pipeline_assets(
                 "batches": len(generated_images),
                 "batches_not_generated": dg.MetadataValue.json(missing),
                 "rows_left_out": int((~keep).sum()),
-                "by_state": dg.MetadataValue.json({str(k): int(v) for k, v in by_state.items()}),
-                "by_batch": dg.MetadataValue.md(by_batch.to_markdown()) if len(by_batch) else "",
+                "by_state": dg.MetadataValue.json(_counts(catalog["state"])),
+                "by_batch": dg.MetadataValue.md(_crosstab(catalog, "batch")),
+                "by_model": dg.MetadataValue.md(_crosstab(catalog, "model")),
+                "by_media_type": dg.MetadataValue.md(_crosstab(catalog, "media_type")),
                 "total_bytes": int(catalog["bytes"].fillna(0).sum()),
                 "credits": float(catalog["credits"].fillna(0).sum()),
-                "gallery": dg.MetadataValue.md(thumbnail_markdown(dataset.task_store(), catalog, limit=8)),
+                "gallery": dg.MetadataValue.md(gallery.markdown),
+                **({"gallery_path": dg.MetadataValue.path(gallery.uri)} if gallery.uri else {}),
             },
         )
 

@@ -18,7 +18,8 @@ from kie_pipeline.client.registry import JOBS, MODELS, MediaType, ModelSpec, Out
 from kie_pipeline.emulator import FAIL_MARKER, EmulatorServer
 from kie_pipeline.emulator.render import render_media
 from kie_pipeline.pipeline.callbacks import CallbackSettings
-from kie_pipeline.pipeline.catalog import build_catalog, thumbnail_markdown, typed
+from kie_pipeline.pipeline.catalog import build_catalog, typed
+from kie_pipeline.pipeline.contact_sheet import write_contact_sheet
 from kie_pipeline.pipeline.generation import generate_batch, result_row
 from kie_pipeline.pipeline.manifest import validate_manifest
 from kie_pipeline.pipeline.media import MediaError, probe, thumbnail
@@ -220,10 +221,9 @@ def test_video_audio_and_image_rows_end_to_end(emulator: EmulatorServer, tmp_pat
         64,
         cat.loc["v", "duration_s"],
     )
-    # The gallery previews every media type (a frame, a waveform, the image).
-    gallery = thumbnail_markdown(store, build_catalog([out]))
-    assert gallery.count("data:image/jpeg;base64,") == 3
-    assert "| video |" in gallery and "| audio |" in gallery
+    # The contact sheet shows every media type (a frame, a waveform, the image).
+    sheet = write_contact_sheet(store, build_catalog([out]), "gallery")
+    assert sheet.cells == 3 and store.read_bytes(sheet.uri)[:2] == b"\xff\xd8"
 
 
 def test_kie_metadata_of_a_track_lands_in_title_and_tags(

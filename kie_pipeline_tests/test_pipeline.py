@@ -58,15 +58,22 @@ def test_materialization_metadata_and_checks(env, emulator, instance) -> None:
     assert md["images_created"] == 3 and md["images_reused"] == 0 and md["images_failed"] == 0
     assert md["credits_used"] == 54 and md["polls"] >= 3 and md["create_task_calls"] == 3
     assert md["dagster/row_count"] == 3
-    assert "data:image/jpeg;base64," in md["preview"]
+    assert md["contact_sheet"].count("data:image/jpeg;base64,") == 1 and md["by_state"] == {"success": 3}
+    assert Path(md["contact_sheet_path"]).is_file()
     assert {c.name for c in md["dagster/column_schema"].columns} >= {"id", "sha256", "split"}
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"durable_copies_match": True, "failure_rate_below_threshold": True}
+    checks = {e.check_name: (e.passed, e.partition) for e in result.get_asset_check_evaluations()}
+    # Partitioned checks: each result belongs to the batch it checked.
+    assert checks == {
+        "durable_copies_match": (True, "animals"),
+        "failure_rate_below_threshold": (True, "animals"),
+    }
     pipe.batch("cities")
     cat = pipe.catalog()
     cat_md = metadata(cat, "image_catalog")
     assert cat_md["rows"] == 5 and cat_md["by_state"] == {"success": 5}
-    assert cat_md["gallery"].count("data:image/jpeg;base64,") == 5
+    assert cat_md["gallery"].count("data:image/jpeg;base64,") == 1 and "5 of 5 results" in cat_md["gallery"]
+    assert "| animals" in cat_md["by_batch"] and "| nano-banana-pro" in cat_md["by_model"]
+    assert "| image" in cat_md["by_media_type"] and "| total" in cat_md["by_media_type"]
     assert all(e.passed for e in cat.get_asset_check_evaluations())
 
 

@@ -3,14 +3,12 @@ frames, audio waveforms)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 from collections.abc import Iterable
 
 import pandas as pd
 
-from .media import MIME_BY_EXT, thumbnail
+from .media import MIME_BY_EXT
 from .schema import CATALOG_DTYPES
 from .store import TaskStore
 
@@ -54,32 +52,6 @@ def build_catalog(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
         frames = [f.astype({c: "string" for c in mixed if c in f.columns}) for f in frames]
     catalog = pd.concat(frames, ignore_index=True)
     return catalog.sort_values(["batch", "id", "result_index"], kind="stable").reset_index(drop=True)
-
-
-def thumbnail_markdown(store: TaskStore, rows: pd.DataFrame, *, limit: int = 6, size: int = 96) -> str:
-    """A markdown gallery of a few small inline thumbnails (JPEG data URIs), with ids and prompts.
-
-    An image is shown itself, a video by its first frame, an audio file by its waveform.
-    """
-    ok = rows[rows["state"] == "success"].head(limit)
-    if ok.empty:
-        return "_no results yet_"
-    cells = []
-    for row in ok.itertuples():
-        media = getattr(row, "media_type", None)
-        media = "image" if pd.isna(media) else str(media)
-        try:
-            img = thumbnail(store.read_bytes(row.image_uri), media, size)
-        except OSError:
-            continue
-        if img is None:
-            continue
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=70)
-        data = base64.b64encode(buf.getvalue()).decode()
-        prompt = str(row.prompt).replace("|", "/").replace("\n", " ")[:60]
-        cells.append(f"| ![{row.id}](data:image/jpeg;base64,{data}) | `{row.id}` | {media} | {prompt} |")
-    return "| preview | id | media | prompt |\n|---|---|---|---|\n" + "\n".join(cells)
 
 
 def _label(row: object) -> str:
