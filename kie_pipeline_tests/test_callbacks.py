@@ -44,6 +44,11 @@ def store(tmp_path) -> TaskStore:
     return TaskStore(str(tmp_path / "store"))
 
 
+def _files(store: TaskStore) -> dict[Path, bytes]:
+    """Every callback file of the store, with its bytes."""
+    return {p: p.read_bytes() for p in sorted((Path(store.root) / "callbacks").rglob("*.json"))}
+
+
 @pytest.fixture
 def receiver(store):
     with ReceiverServer(build_receiver(store, secret=SECRET, webhook_key=WEBHOOK_KEY)) as server:
@@ -58,10 +63,11 @@ def test_receiver_keeps_signed_callbacks_once_and_refuses_the_rest(receiver, sto
         assert ok.status_code == 200 and ok.json()["msg"] == "received"
         assert box.get(KEY, "task-1") == _body("task-1") and box.task_ids(KEY) == ["task-1"]
         # Kie delivers the same task again: answered 200, nothing changes.
-        kept = (Path(store.root) / "callbacks" / KEY / "task-1.json").read_bytes()
+        kept = _files(store)
+        assert [p.name.split(".", 1)[1] for p in kept] == ["task-1.json"]
         again = http.post(url, json=_body("task-1"), headers=_signed("task-1"))
         assert again.status_code == 200 and again.json()["msg"] == "duplicate"
-        assert (Path(store.root) / "callbacks" / KEY / "task-1.json").read_bytes() == kept
+        assert _files(store) == kept
         # Kie's own sample reads data.task_id: accepted too.
         assert http.post(url, json=_body("task-2", "task_id"), headers=_signed("task-2")).status_code == 200
         refused = {
@@ -84,6 +90,47 @@ def test_receiver_keeps_signed_callbacks_once_and_refuses_the_rest(receiver, sto
             "refused": 8,
         }
     assert box.task_ids(KEY) == ["task-1", "task-2"] and box.task_ids(other) == []
+
+
+def _staged(task_id: str, state: str = "success") -> dict:
+    return {"code": 200, "msg": "success", "data": {"taskId": task_id, "state": state, "resultJson": ""}}
+
+
+def test_task_ids_follow_the_time_of_arrival_in_the_names_and_the_old_layout_is_still_read(
+    tmp_path: Path,
+) -> None:
+    """Deliveries are ordered by the arrival time in their names, not by their files' mtimes (which
+    are scrambled here); a file of the earlier layout (``{task_id}.json`` with ``later`` bodies) is
+    still read, ordered by its mtime, and a repeated body of it is a duplicate."""
+    store = TaskStore(str(tmp_path / "store"))
+    box, key = CallbackBox(store), KEY
+    folder = tmp_path / "store" / "callbacks" / key
+    folder.mkdir(parents=True)
+    old = folder / "old-task.json"
+    old.write_text(
+        json.dumps(
+            {"received_at": "x", "payload": _staged("old-task", "generating"), "later": [_staged("old-task")]}
+        )
+    )
+    os.utime(old, (1_000, 1_000))  # long ago
+    for task in ("first", "second", "third"):
+        assert box.deliver(key, task, _staged(task))
+    names = sorted(p.name for p in folder.iterdir())
+    assert names[-1] == "old-task.json" and [n.split(".")[1] for n in names[:3]] == [
+        "first",
+        "second",
+        "third",
+    ]
+    # mtimes the other way round: the newest name gets the oldest mtime.
+    for age, name in enumerate(names[:3]):
+        os.utime(folder / name, (2_000_000_000 - age * 1000, 2_000_000_000 - age * 1000))
+    assert box.task_ids(key) == ["old-task", "first", "second", "third"]
+    assert box.payloads(key, "old-task") == [_staged("old-task", "generating"), _staged("old-task")]
+    assert not box.deliver(key, "old-task", _staged("old-task"))  # kept in the old file already
+    assert box.deliver(key, "old-task", _staged("old-task", "fail"))
+    assert box.payloads(key, "old-task")[-1] == _staged("old-task", "fail")
+    assert box.task_ids(key) == ["old-task", "first", "second", "third"]
+    assert box.task_ids("f" * 32) == [] and box.payloads("f" * 32, "first") == []
 
 
 def _rows(n: int) -> pd.DataFrame:
@@ -229,7 +276,8 @@ def test_the_receiver_command_serves_and_needs_its_secret(tmp_path) -> None:
                 assert time.monotonic() < deadline, "the receiver did not start"
                 time.sleep(0.1)
         assert response.status_code == 200
-        saved = json.loads((tmp_path / "store" / "callbacks" / KEY / "task-9.json").read_text())
+        (file,) = (tmp_path / "store" / "callbacks" / KEY).glob("*.task-9.json")
+        saved = json.loads(file.read_text())
         assert saved["payload"] == _body("task-9")
     finally:
         proc.terminate()

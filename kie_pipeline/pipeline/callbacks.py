@@ -4,8 +4,10 @@ Each createTask carries a callback URL that names the row's request key and a to
 (``{base}/kie/callback/{request_key}/{token}``, token = HMAC of the key with the callback secret), so
 a callback finds its row even when createTask's answer never arrived. The receiver
 (:mod:`kie_pipeline.receiver`) writes each delivery whole to
-``{store}/callbacks/{request_key}/{task_id}.json``;
-generation reads them there (see :class:`CallbackWaiter` and the adoption of lost task ids).
+``{store}/callbacks/{request_key}/{received}.{task_id}.json`` (``received``: the UTC time it came,
+to the nanosecond, so the names sort in order of arrival); generation reads them there (see
+:class:`CallbackWaiter` and the adoption of lost task ids). Files of the earlier layout,
+``{task_id}.json`` (one per task, later bodies under ``later``), are still read.
 
 Kie's optional webhook signature: ``X-Webhook-Timestamp`` (unix seconds) and ``X-Webhook-Signature``
 = base64(HMAC-SHA256(webhook key, ``taskId + "." + timestamp``)).
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import calendar
 import hashlib
 import hmac
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -106,39 +110,146 @@ def decode(payload: dict[str, Any], model: str | None = None) -> TaskRecord:
     return family.decode_callback(payload)
 
 
+#: The time of arrival in a delivery's name: ``20261124T215445123456789Z`` (UTC, to the nanosecond;
+#: fixed width, so names sort in order of arrival).
+_RECEIVED = re.compile(r"^\d{8}T\d{15}Z$")
+
+
+def _received_stamp(ns: int) -> str:
+    return datetime.fromtimestamp(ns // 10**9, UTC).strftime("%Y%m%dT%H%M%S") + f"{ns % 10**9:09d}Z"
+
+
+def _received_ns(stamp: str) -> int:
+    return calendar.timegm(time.strptime(stamp[:15], "%Y%m%dT%H%M%S")) * 10**9 + int(stamp[15:24])
+
+
+def _parse_name(name: str) -> tuple[str, int | None] | None:
+    """(task id, arrival in ns) of a delivery's file name; arrival None for the earlier layout's
+    ``{task_id}.json``; None for anything else (a temporary ``.part`` file, a stranger)."""
+    if not name.endswith(".json"):
+        return None
+    stamp, dot, task_id = name[: -len(".json")].partition(".")
+    if not dot:
+        return (stamp, None) if TASK_ID.match(stamp) else None
+    if _RECEIVED.match(stamp) and TASK_ID.match(task_id):
+        return task_id, _received_ns(stamp)
+    return None
+
+
+def _mtime_ns(info: dict[str, Any]) -> int:
+    """A listed file's modification time in ns (only the earlier layout needs it: its name has no time)."""
+    value = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or 0
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 10**9)
+    try:
+        return int(float(value) * 10**9)
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True, order=True)
+class Delivery:
+    """One callback file as a listing shows it: ordered by arrival (then by path)."""
+
+    at_ns: int
+    path: str
+    task_id: str
+    #: What tells a rewrite of an earlier-layout file (size, mtime); None for the current layout,
+    #: whose files are never rewritten.
+    version: tuple[Any, ...] | None = None
+
+
+def _bodies(entry: Any) -> list[dict[str, Any]]:
+    if not isinstance(entry, dict) or "payload" not in entry:
+        return []
+    return [entry["payload"], *entry.get("later", [])]
+
+
 class CallbackBox:
-    """Callbacks received for a store: ``callbacks/{request_key}/{task_id}.json``, written whole."""
+    """Callbacks received for a store: ``callbacks/{request_key}/{received}.{task_id}.json``, one file
+    per distinct body, written whole and never rewritten (see the module's doc)."""
 
     def __init__(self, store: TaskStore) -> None:
         self.store = store
+        # One receiver process delivers one body at a time (a duplicate is found before writing).
+        self._lock = threading.Lock()
+        self._last_ns = 0
+
+    def _root(self) -> str:
+        return self.store.normalize(join(self.store.root, "callbacks"))
 
     def _folder(self, request_key: str) -> str:
         return self.store.normalize(join(self.store.root, "callbacks", request_key))
 
     def deliver(self, request_key: str, task_id: str, payload: dict[str, Any]) -> bool:
-        """Keep one delivery; False when this task's callback was already kept (a duplicate).
+        """Keep one delivery; False when this body of this task was already kept (a duplicate).
 
         A task may send several different callbacks (Suno: ``text``, ``first``, ``complete``): each
-        distinct body is kept, in order of arrival (under ``later``); a repeated body changes nothing.
-        Kie sends a task's callbacks one after another, so two of them never race for the file.
+        distinct body is kept in its own file, named by its time of arrival; a repeated body changes
+        nothing.
         """
-        path = f"{self._folder(request_key)}/{task_id}.json"
-        entry = self._entry(path)
-        if entry is not None:
-            if payload == entry.get("payload") or payload in entry.get("later", []):
+        with self._lock:
+            if payload in self.payloads(request_key, task_id):
                 return False
-            entry["later"] = [*entry.get("later", []), payload]
-        else:
-            entry = {"received_at": datetime.now(UTC).isoformat(), "payload": payload}
-        atomic_write(self.store.fs, path, json.dumps(entry, sort_keys=True).encode())
-        return True
+            now = max(time.time_ns(), self._last_ns + 1)
+            self._last_ns = now
+            path = f"{self._folder(request_key)}/{_received_stamp(now)}.{task_id}.json"
+            entry = {"received_at": datetime.fromtimestamp(now / 10**9, UTC).isoformat(), "payload": payload}
+            atomic_write(self.store.fs, path, json.dumps(entry, sort_keys=True).encode())
+            return True
 
-    def _entry(self, path: str) -> dict[str, Any] | None:
+    def scan(self) -> dict[str, list[Delivery]]:
+        """Every delivery in the store by request key, oldest first: one listing of ``callbacks/``."""
+        return self._scan(self._root())
+
+    def _scan(self, folder: str) -> dict[str, list[Delivery]]:
+        fs = self.store.fs
+        # fsspec's walk leaves out a folder it cannot list unless told to raise: an unreadable store
+        # must not look like an empty one. (Object stores' own listings raise their errors.)
+        options = {"on_error": "raise"} if self.store.is_local else {}
         try:
-            entry = json.loads(self.store.fs.cat_file(path))
-        except (FileNotFoundError, ValueError):
-            return None
-        return entry if isinstance(entry, dict) else None
+            found = fs.find(folder, detail=True, **options)
+        except FileNotFoundError:
+            return {}
+        by_key: dict[str, list[Delivery]] = {}
+        for path, info in found.items():
+            parent, _, name = path.rpartition("/")
+            parsed = _parse_name(name)
+            if parsed is None:
+                continue
+            task_id, at_ns = parsed
+            version = None
+            if at_ns is None:  # the earlier layout: its time is the file's, and it may be rewritten
+                at_ns = _mtime_ns(info)
+                version = (info.get("size"), at_ns)
+            by_key.setdefault(parent.rsplit("/", 1)[-1], []).append(Delivery(at_ns, path, task_id, version))
+        for deliveries in by_key.values():
+            deliveries.sort()
+        return by_key
+
+    def read(self, paths: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The bodies of each delivery file (one batched read); a file gone or not JSON gives none."""
+        if not paths:
+            return {}
+        found = self.store.fs.cat(list(paths), on_error="return")
+        if not isinstance(found, dict):  # one path: fsspec answers with its bytes
+            found = {paths[0]: found}
+        out: dict[str, list[dict[str, Any]]] = {}
+        for path in paths:
+            data = found.get(self.store.fs._strip_protocol(path), found.get(path))
+            if isinstance(data, FileNotFoundError) or data is None:
+                out[path] = []
+                continue
+            if isinstance(data, BaseException):
+                raise data
+            try:
+                out[path] = _bodies(json.loads(data))
+            except ValueError:
+                out[path] = []
+        return out
+
+    def _of_task(self, request_key: str, task_id: str) -> list[Delivery]:
+        return [d for d in self._scan(self._folder(request_key)).get(request_key, []) if d.task_id == task_id]
 
     def get(self, request_key: str, task_id: str) -> dict[str, Any] | None:
         """The first callback body of one task, or None before it arrives."""
@@ -147,20 +258,18 @@ class CallbackBox:
 
     def payloads(self, request_key: str, task_id: str) -> list[dict[str, Any]]:
         """Every distinct callback body of one task, first delivery first."""
-        entry = self._entry(f"{self._folder(request_key)}/{task_id}.json")
-        if entry is None or "payload" not in entry:
-            return []
-        return [entry["payload"], *entry.get("later", [])]
+        deliveries = self._of_task(request_key, task_id)
+        read = self.read([d.path for d in deliveries])
+        out: list[dict[str, Any]] = []
+        for d in deliveries:
+            out.extend(b for b in read.get(d.path, []) if b not in out)
+        return out
 
     def task_ids(self, request_key: str) -> list[str]:
-        """Every task id a callback delivered for a row (oldest delivery first)."""
-        try:
-            found = self.store.fs.find(self._folder(request_key), detail=True)
-        except FileNotFoundError:
-            return []
-        named = [(info.get("mtime") or info.get("LastModified") or 0, path) for path, info in found.items()]
-        names = [p.rsplit("/", 1)[-1] for _, p in sorted(named, key=lambda x: str(x[0]))]
-        return [n[: -len(".json")] for n in names if n.endswith(".json") and ".part" not in n]
+        """Every task id a callback delivered for a row, oldest delivery first (by the time of
+        arrival in the file names: one listing, no file read)."""
+        deliveries = self._scan(self._folder(request_key)).get(request_key, [])
+        return list(dict.fromkeys(d.task_id for d in deliveries))
 
 
 class CallbackWaiter:
