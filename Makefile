@@ -7,10 +7,11 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: install test lint format demo dev emulator bench clean mutation
 
-$(STAMP): pyproject.toml
+# The exact versions tested (constraints.txt) within pyproject.toml's ranges.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,emulator]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -233,3 +233,31 @@ def test_a_changed_manifest_is_reported_again(env: Path, instance) -> None:
     os.remove(env / "prompts.csv")
     with dg.build_sensor_context(instance=instance, resources=resources, cursor=second.cursor) as ctx:
         assert "No manifest" in str(sensor(ctx).skip_message)
+
+
+# -- packaging: ranges for other people's environments, the exact tested set for ours -----------
+def test_dependencies_are_ranges_and_constraints_pin_every_one_inside_them() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    repo = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    runtime = [Requirement(r) for r in project["dependencies"]]
+    extras = {name: [Requirement(r) for r in reqs] for name, reqs in project["optional-dependencies"].items()}
+    pins = {}
+    for line in (repo / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    # The library never pins an exact version of what it shares with its users' environments.
+    assert all(not any(s.operator == "==" for s in r.specifier) for r in runtime), project["dependencies"]
+    assert {r.name for r in runtime} >= {"dagster", "httpx", "pandas", "click", "rich"}
+    for req in runtime + extras["emulator"] + extras["dev"]:
+        pinned = pins.get(canonicalize_name(req.name))
+        assert pinned is not None, f"{req.name} is not in constraints.txt"
+        assert req.specifier.contains(pinned, prereleases=True), f"{req.name}=={pinned} is outside {req}"
+    # The emulator's form parser is the emulator's: an extra, not a dependency of the library.
+    assert "python-multipart" not in {r.name for r in runtime}
+    assert [r.name for r in extras["emulator"]] == ["python-multipart"]
