@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +48,18 @@ def _project(root: Path) -> Path:
     return root
 
 
-def test_a_dg_project_scaffolds_checks_lists_and_launches_two_pipelines_side_by_side(
+def _readme_dg_lines() -> list[list[str]]:
+    """The dg commands of the README's "Your own dg project" block, as argument lists."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("### Your own dg project", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [c.strip() for line in block.splitlines() for c in line.split("#")[0].split("&&")]
+    return [shlex.split(c)[1:] for c in commands if c.startswith("dg ")]
+
+
+def test_the_readme_dg_project_scaffolds_checks_lists_and_launches_pipelines_side_by_side(
     tmp_path: Path, emulator: EmulatorServer
 ) -> None:
+    """The README's dg lines, as written, in a new dg project; a second instance beside the first."""
     project = _project(tmp_path / "studio")
     env = {
         **os.environ,
@@ -57,27 +67,25 @@ def test_a_dg_project_scaffolds_checks_lists_and_launches_two_pipelines_side_by_
         "VIRTUAL_ENV": str(Path(sys.executable).parent.parent),
         "PYTHONPATH": str(project / "src"),
         "DAGSTER_HOME": str(tmp_path / "home"),
-        "KIE_BASE_URL": emulator.url,
+        "KIE_BASE_URL": emulator.url,  # the README's export line, with this test's emulator port
         "KIE_API_KEY": emulator.config.api_key,
         "TMPDIR": str(tmp_path),
     }
     for var in ("KIE_MANIFEST", "KIE_STORE", "KIE_STORE_OPTIONS", "KIE_CALLBACK_URL"):
         env.pop(var, None)
     (tmp_path / "home").mkdir()
-    components = _dg(project, "list", "components", "--json", env=env).stdout
-    assert "kie_pipeline.component.KiePipelineComponent" in components
-    for name in ("faces", "pets"):
-        params = json.dumps({"manifest": f"data/{name}.csv", "store": f"data/{name}", "key_prefix": name})
-        _dg(project, "scaffold", "defs", "kie_pipeline.component.KiePipelineComponent", name,
-            "--json-params", params, env=env)  # fmt: skip
-    # The scaffolder wrote each defs.yaml and a two-row sample manifest.
+    assert "kie_pipeline.component.KiePipelineComponent" in _dg(project, "list", "components", env=env).stdout
+    lines = _readme_dg_lines()
+    assert [line[0] for line in lines] == ["scaffold", "check", "list", "launch", "launch"]
+    scaffold, check, listing, *launches = lines
+    _dg(project, *scaffold, env=env)
+    # A second pipeline beside the first: the same line with another name, manifest, store and prefix.
+    _dg(project, *(arg.replace("faces", "pets") for arg in scaffold), env=env)
     assert "key_prefix: faces" in (project / "src/studio/defs/faces/defs.yaml").read_text()
-    assert len(pd.read_csv(project / "data/pets.csv")) == 2
-    # One row in one batch for pets: the launch below is the smallest real run.
-    write_manifest(str(project / "data/pets.csv"), [{"id": "cat", "batch": "one", "prompt": "A cat"}])
+    assert len(pd.read_csv(project / "data/faces.csv")) == 2  # the scaffolder's sample manifest
 
-    assert "successfully" in _dg(project, "check", "defs", env=env).stdout
-    listed = json.loads(_dg(project, "list", "defs", "--json", env=env).stdout)
+    assert "successfully" in _dg(project, *check, env=env).stdout
+    listed = json.loads(_dg(project, *listing, "--json", env=env).stdout)
     keys = {a["asset_key"] for a in listed["assets"]}
     for name in ("faces", "pets"):
         assert {
@@ -87,15 +95,15 @@ def test_a_dg_project_scaffolds_checks_lists_and_launches_two_pipelines_side_by_
     assert {"faces_manifest_sensor", "pets_generation_automation", "pets_refresh_automation"} <= sensors
     assert {s["name"] for s in listed["schedules"]} == {"faces_nightly_generation", "pets_nightly_generation"}
 
-    _dg(project, "launch", "--assets", "pets/prompt_manifest", "--config-json", IN_PROCESS, env=env)
-    _dg(project, "launch", "--assets", "pets/generated_images", "--partition", "one",
-        "--config-json", IN_PROCESS, env=env)  # fmt: skip
-    table = pd.read_parquet(project / "data/pets/pets/generated_images/one.parquet")
-    assert list(table["id"]) == ["cat"] and list(table["state"]) == ["success"]
-    assert (project / "data/pets" / table["image_uri"][0].split("data/pets/", 1)[-1]).exists()
-    # The other pipeline is untouched: its own store, no run.
-    assert not (project / "data/faces/faces").exists()
-    assert emulator.emulator.snapshot()["created"] == 1  # one row, one createTask
+    # The README's launches; in process here (the multiprocess executor adds ~10 s per run).
+    for launch in launches:
+        _dg(project, *launch, "--config-json", IN_PROCESS, env=env)
+    table = pd.read_parquet(project / "data/faces/faces/generated_images/first.parquet")
+    assert sorted(table["id"]) == ["fox", "lighthouse"] and set(table["state"]) == {"success"}
+    assert all(Path(uri).is_file() for uri in table["image_uri"])
+    assert emulator.emulator.snapshot()["created"] == 2  # two rows, two createTask calls
+    # The other pipeline is untouched: nothing in its store.
+    assert not (project / "data/pets").exists()
 
 
 def test_the_repo_is_a_dg_project_built_by_its_component(env: Path) -> None:
