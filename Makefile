@@ -32,7 +32,7 @@ $(DAGSTER_HOME)/dagster.yaml:
 	cp deploy/dagster.yaml $@
 
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m kie_pipeline.demo
+	$(BIN)/kie-pipeline demo
 
 # The emulator in the background, then the Dagster UI (http://127.0.0.1:3000) to backfill batches.
 # `dagster dev` also runs the daemon, whose run monitoring fails killed runs and frees their "kie" pool

@@ -267,3 +267,62 @@ def test_the_demo_command_runs_a_small_manifest_end_to_end(tmp_path) -> None:
     # The default Dagster home is ./.dagster_home, created with a dagster.yaml; no bar off a terminal.
     assert (tmp_path / ".dagster_home" / "dagster.yaml").exists()
     assert "rows settled" not in done.stderr and "No dagster instance configuration" not in done.stderr
+
+
+# -- the README's lines --------------------------------------------------------------------------------
+
+
+def _readme_command_lines() -> list[tuple[dict[str, str], list[str]]]:
+    """The README's "The kie-pipeline command" block: (environment assignments, argv) per line."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## The `kie-pipeline` command", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+    out = []
+    for line in block.splitlines():
+        words = shlex.split(line.split("#", 1)[0])
+        env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+        out.append((env, [w for w in words if w not in {f"{k}={v}" for k, v in env.items()}]))
+    return out
+
+
+def _serves(argv: list[str], env: dict[str, str], port: int, probe: str) -> str:
+    """Start ``argv``; wait until ``probe`` on ``port`` answers over HTTP; stop it; its stdout."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}{probe}")
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, f"{argv} did not start"
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    return out
+
+
+def test_the_readme_command_lines_run_as_written(tmp_path) -> None:
+    """Each line of the README's command block (a free port for the servers; `make demo` runs the
+    demo line, the Makefile's own command)."""
+    repo = Path(__file__).resolve().parent.parent
+    lines = _readme_command_lines()
+    assert [argv[:2] for _, argv in lines] == [["kie-pipeline", c] for c in COMMANDS]
+    for env, argv in lines:
+        exe = [EXE, *argv[1:]]
+        environment = clean_env(KIE_STORE=str(tmp_path / "store"), **env)
+        if argv[1] in ("validate", "estimate"):
+            result = subprocess.run(
+                exe, cwd=repo, env=environment, capture_output=True, text=True, check=False
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+        elif argv[1] in ("emulator", "receiver"):
+            port = free_port()
+            exe = [str(port) if a in ("8765", "8766") else a for a in exe]
+            if env.get("KIE_CALLBACK_SECRET") == "...":
+                environment["KIE_CALLBACK_SECRET"] = "a-long-random-secret"
+            out = _serves(exe, environment, port, "/")
+            assert f"127.0.0.1:{port}" in out
