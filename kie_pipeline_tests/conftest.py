@@ -55,7 +55,9 @@ def callback_sink() -> Iterator[CallbackSink]:
             pass
 
     server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # serve_forever checks for shutdown every poll_interval (0.5 s by default): each test's teardown
+    # waited that long.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
         yield CallbackSink(f"http://127.0.0.1:{server.server_port}/cb", received)
     finally:

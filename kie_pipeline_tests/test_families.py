@@ -18,6 +18,7 @@ from kie_pipeline.client import (
     KieServerError,
     KieValidationError,
     PollPolicy,
+    RetryPolicy,
     TaskState,
     get_model,
 )
@@ -221,7 +222,10 @@ def test_errors_in_both_styles(emulator: EmulatorServer, callback_sink: Callback
     create = functools.partial(create_with_callback, model=model, sink=callback_sink)
 
     async def go():
-        async with make_client(emulator) as client:
+        # Short backoffs: the test policy's took ~0.7 s per case here, and no timing is checked.
+        async with make_client(
+            emulator, retry=RetryPolicy(backoff_initial_s=0.001, backoff_max_s=0.005)
+        ) as client:
             # 550 (4o: queue full) is a refusal: retried, then the task is created once.
             emu.config.faults.force_code, emu.config.faults.force_count = 550, 1
             task_id = await create(client, INPUTS[model])
