@@ -25,6 +25,8 @@ from dagster._core.test_utils import create_run_for_test
 from kie_pipeline.emulator import EmulatorServer
 from kie_pipeline.slots import ProcessCheckingRunLauncher, instance_problems, main, process_alive
 
+from .pipeline_helpers import Pipeline
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "deploy" / "dagster.yaml"
 BIN = Path(sys.executable).parent
@@ -180,13 +182,15 @@ def test_two_killed_runs_then_a_third_completes(
     home = env / "home"
     _instance_file(home, **FAST_MONITORING)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    manifest = processes.materialize("manifest", "prompt_manifest")
-    assert manifest.wait(timeout=120) == 0, processes.log("manifest")
-
-    # Slow tasks, so that both runs are mid-batch when killed: their 5 rows submitted, none finished.
-    emulator.config.latency = (20, 21)
     tasks = env / "store" / "tasks"
     with dg.DagsterInstance.get() as instance:
+        # The manifest (which registers the batches' partitions) is only the setup: materialized in this
+        # process, on the same instance and store, without one more `dagster` CLI start-up.
+        Pipeline(instance).manifest()
+        assert instance.get_dynamic_partitions("batches") == ["animals", "cities"]
+
+        # Slow tasks, so that both runs are mid-batch when killed: their 5 rows submitted, none finished.
+        emulator.config.latency = (20, 21)
 
         def holding_slot(partition: str, rows: int) -> str | None:
             """The partition's run once it holds a kie slot and has recorded ``rows`` tasks in all."""
