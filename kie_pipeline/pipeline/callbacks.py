@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import calendar
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +35,8 @@ from kie_pipeline.client.families import callback_task_id
 from kie_pipeline.client.registry import JOBS, get_model
 
 from .store import TaskStore, atomic_write, join
+
+log = logging.getLogger(__name__)
 
 #: A request key as the manifest makes it; a task id as Kie's are spelled. Anything else is refused
 #: before it can name a file.
@@ -272,12 +276,115 @@ class CallbackBox:
         return list(dict.fromkeys(d.task_id for d in deliveries))
 
 
+@dataclass(eq=False)
+class _Watch:
+    """What one waiter waits for: the bodies of ``task_id`` under ``key``, or (``task_id`` None) any
+    task id under ``key`` not in ``known``. The watcher fills it and sets ``event``."""
+
+    key: str
+    task_id: str | None
+    known: frozenset[str] = frozenset()
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Deliveries already handed over (path, version): each file is read once per waiter.
+    seen: set[tuple[str, Any]] = field(default_factory=set)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+    #: Whether a listing has been made since the watch began (what was already there is known).
+    looked: bool = False
+
+    def take(self) -> list[dict[str, Any]]:
+        """The bodies that arrived since the last call (and the event cleared)."""
+        self.event.clear()
+        bodies, self.bodies = self.bodies, []
+        return bodies
+
+    def raise_error(self, store: str) -> None:
+        if self.error is not None:
+            raise OSError(f"listing the callbacks of the store {store} failed: {self.error}") from self.error
+
+
+class CallbackWatcher:
+    """One watcher for every waiter of a batch: each tick lists ``callbacks/`` once, reads only the
+    files that appeared for someone waiting, and wakes those waiters.
+
+    It starts with the first watch and stops (its task is cancelled) when the last one leaves. An
+    error listing or reading the store is handed to every waiter of that tick, which raises it.
+    """
+
+    def __init__(self, box: CallbackBox, check_s: float) -> None:
+        self.box = box
+        self.check_s = check_s
+        self._watches: set[_Watch] = set()
+        self._task: asyncio.Task[None] | None = None
+        #: Ticks completed (one listing each): what the store's operations are counted against.
+        self.ticks = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def watch(self, key: str, task_id: str | None, known: list[str] | tuple[str, ...] = ()) -> _Watch:
+        w = _Watch(key, task_id, frozenset(known))
+        self._watches.add(w)
+        if not self.running:
+            self._task = asyncio.create_task(self._run(), name="callback watcher")
+        return w
+
+    def unwatch(self, w: _Watch) -> None:
+        self._watches.discard(w)
+        if not self._watches and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._tick()
+            await asyncio.sleep(self.check_s)
+
+    async def _tick(self) -> None:
+        watches = list(self._watches)
+        try:
+            found = await asyncio.to_thread(self.box.scan)
+            self.ticks += 1
+            wanted: dict[str, list[tuple[_Watch, Delivery]]] = {}
+            for w in watches:
+                deliveries = found.get(w.key, [])
+                if w.task_id is None:
+                    fresh = [t for t in dict.fromkeys(d.task_id for d in deliveries) if t not in w.known]
+                    if fresh:
+                        w.fresh = fresh
+                        w.event.set()
+                    continue
+                for d in deliveries:
+                    if d.task_id == w.task_id and (d.path, d.version) not in w.seen:
+                        wanted.setdefault(d.path, []).append((w, d))
+            read = await asyncio.to_thread(self.box.read, list(wanted)) if wanted else {}
+            # In order of arrival, so that a waiter sees a task's bodies as they were sent.
+            for path in sorted(wanted, key=lambda p: wanted[p][0][1]):
+                for w, d in wanted[path]:
+                    w.seen.add((d.path, d.version))
+                    w.bodies.extend(read.get(path, []))
+                    w.event.set()
+            for w in watches:  # each has now seen what was in the box when it began
+                if not w.looked:
+                    w.looked = True
+                    w.event.set()
+        except Exception as exc:  # the store could not be listed or read: every waiter is told
+            log.warning("Listing the callbacks of %s failed: %s", self.box.store.root, exc)
+            for w in watches:
+                w.error = exc
+                w.event.set()
+
+
 class CallbackWaiter:
     """Waits on callbacks, polling recordInfo only as a slow fallback (a lost callback still ends).
 
-    The box is checked every ``check_s`` (a file look-up, no request to Kie); recordInfo is asked
-    every ``fallback_poll_s`` (default: the poll policy's ``callback_fallback_s``), the first time
-    that long after the wait starts (or after ``first_delay``: a resumed task is asked at once).
+    One :class:`CallbackWatcher` per waiter object (one per batch) lists the box every ``check_s``
+    (one listing for every task waiting, no request to Kie) and wakes the tasks whose callbacks
+    arrived; recordInfo is asked every ``fallback_poll_s`` (default: the poll policy's
+    ``callback_fallback_s``), the first time that long after the wait starts (or after
+    ``first_delay``: a resumed task is asked at once).
     """
 
     def __init__(
@@ -293,6 +400,7 @@ class CallbackWaiter:
         # Default: the client's PollPolicy.callback_fallback_s (one place for every wait setting).
         self.fallback_poll_s = client.poll.callback_fallback_s if fallback_poll_s is None else fallback_poll_s
         self._polling = PollingWaiter(client)
+        self.watcher = CallbackWatcher(box, check_s)
 
     async def wait(
         self,
@@ -310,31 +418,49 @@ class CallbackWaiter:
         deadline = started + timeout
         next_poll = started + (self.fallback_poll_s if first_delay is None else first_delay)
         last_state: str | None = None
-        while True:
-            # A family may report stages before the end (Suno): the first terminal body ends it.
-            for payload in await asyncio.to_thread(self.box.payloads, key, task_id):
-                record = decode(payload, model)
-                if record.is_terminal:
-                    return record
-            now = time.monotonic()
-            if now >= next_poll:
-                record = await self.client.get_task(task_id, model=model)
-                last_state = record.state.value
-                if record.is_terminal:
-                    return record
-                next_poll = time.monotonic() + self.fallback_poll_s
-            if time.monotonic() >= deadline:
-                raise KieTaskTimeoutError(task_id, timeout, last_state)
-            await asyncio.sleep(min(self.check_s, max(0.0, deadline - time.monotonic())))
+        watch = self.watcher.watch(key, task_id)
+        try:
+            while True:
+                # A family may report stages before the end (Suno): the first terminal body ends it.
+                for payload in watch.take():
+                    record = decode(payload, model)
+                    if record.is_terminal:
+                        return record
+                watch.raise_error(self.box.store.root)
+                # Not before the box was looked at once: a resumed task's callback may be there.
+                if watch.looked and time.monotonic() >= next_poll:
+                    record = await self.client.get_task(task_id, model=model)
+                    last_state = record.state.value
+                    if record.is_terminal:
+                        return record
+                    next_poll = time.monotonic() + self.fallback_poll_s
+                now = time.monotonic()
+                if now >= deadline:
+                    raise KieTaskTimeoutError(task_id, timeout, last_state)
+                await _until(watch.event, (min(next_poll, deadline) if watch.looked else deadline) - now)
+        finally:
+            self.watcher.unwatch(watch)
 
     async def task_id_for(self, key: str, *, known: list[str], timeout: float) -> str | None:
         """A task id delivered by callback for ``key`` that is not in ``known``, waiting up to
         ``timeout`` seconds (a createTask whose answer was lost: its callback names the task)."""
         deadline = time.monotonic() + timeout
-        while True:
-            fresh = [t for t in await asyncio.to_thread(self.box.task_ids, key) if t not in known]
-            if fresh:
-                return fresh[0]
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(self.check_s)
+        watch = self.watcher.watch(key, None, known)
+        try:
+            while True:
+                if watch.fresh:
+                    return watch.fresh[0]
+                watch.raise_error(self.box.store.root)
+                now = time.monotonic()
+                if now >= deadline:
+                    return None
+                watch.event.clear()
+                await _until(watch.event, deadline - now)
+        finally:
+            self.watcher.unwatch(watch)
+
+
+async def _until(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event``, at most ``seconds``."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), max(0.0, seconds))
