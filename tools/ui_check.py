@@ -647,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     except CheckFailed as exc:
         report.failed.append(str(exc))
         say(f"FAIL {exc}")
+    except httpx.HTTPError as exc:
+        report.failed.append(f"the Dagster webserver did not answer: {exc!r}")
     except KeyboardInterrupt:
         report.failed.append("interrupted")
     return _summary(report, started)
@@ -664,7 +666,7 @@ def _summary(report: Report, started: float) -> int:
     for line in report.warnings:
         say(f"warning: {line}")
     for path in report.screenshots:
-        say(f"screenshot: {path.relative_to(ROOT)}")
+        say(f"screenshot: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     if report.failed:
         say("FAILED:\n  " + "\n  ".join(report.failed))
         return 1
