@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install test lint format demo dev emulator bench clean mutation
+.PHONY: install test lint format demo dev emulator bench clean mutation ui-check
 
 # The exact versions tested (constraints.txt) within pyproject.toml's ranges.
 $(STAMP): pyproject.toml constraints.txt
@@ -49,6 +49,13 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	  KIE_BASE_URL=$${KIE_BASE_URL:-http://127.0.0.1:8765} KIE_API_KEY=$${KIE_API_KEY:-emulator-key} \
 	  KIE_UPLOAD_URL=$${KIE_UPLOAD_URL:-http://127.0.0.1:8765} \
 	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The UI checked in a real browser (not part of `make test`; ~3 min on 2 cores): installs Debian's chromium
+# and Playwright's Python package where missing (never a browser download), starts the emulator, a callback
+# receiver and dagster dev on free loopback ports with a temporary DAGSTER_HOME and store, materializes the
+# sample, asserts that the asset pages render and saves screenshots under docs/screenshots/.
+ui-check: $(STAMP)
+	$(BIN)/python tools/ui_check.py
 
 emulator: $(STAMP)
 	$(BIN)/python -m kie_pipeline.emulator --port 8765
