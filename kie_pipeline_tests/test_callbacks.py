@@ -213,9 +213,14 @@ def test_a_lost_create_answer_costs_one_task_when_callbacks_are_on(signed, recei
     signed.config.faults.lost_answer_count, signed.config.faults.lost_answer_mode = 1, mode
     signed.config.faults.slow_seconds = 3.0  # "hold": the answer comes after the client's 1 s timeout
     rows = _rows(3)
-    _out, summary, _ = _generate(signed, store, rows, fallback_s=30, receiver=receiver, timeout=1.0)
+    out, summary, _ = _generate(signed, store, rows, fallback_s=30, receiver=receiver, timeout=1.0)
     assert summary.found_by_callback == 1 and summary.uncertain == 0 and summary.succeeded == 3
     assert signed.emulator.snapshot()["created"] == 3
+    # The task found by its callback is recorded and counted as the created ones are.
+    assert summary.created == 3 and summary.credits_used == 3 * 18 and summary.credits_from_kie == 3
+    records = store.load_many(rows["request_key"].tolist())
+    (adopted,) = [r for r in records.values() if r.adopted_from == "callback"]
+    assert adopted.task_id in set(out["task_id"]) and adopted.submitted_at and adopted.credits_source == "kie"
     _out, summary, _ = _generate(signed, store, rows, fallback_s=30, receiver=receiver)
     assert summary.reused == 3 and summary.created == 0 and signed.emulator.snapshot()["created"] == 3
 

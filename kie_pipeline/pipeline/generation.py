@@ -435,10 +435,23 @@ class _Batch:
             await self._save_quietly(rec)
             self.settle(row, rec, Outcome.FAILED, exc.code, str(exc), transient=exc.retryable)
             return None
-        self.summary.created += 1
+        return rec if await self._record_created(row, rec, task_id) else None
+
+    async def _record_created(
+        self, row: dict[str, Any], rec: RequestRecord, task_id: str, *, adopted_from: str | None = None
+    ) -> bool:
+        """Record that the row's task exists (created now, or named by a callback: ``adopted_from``):
+        its estimate as the credits until Kie's figure comes, counted as created, and saved at once.
+
+        False when the record could not be written: the task id then goes to the fallback file of
+        unrecorded tasks and the row is settled (see :meth:`_unrecorded`).
+        """
         estimate = estimate_credits(row["model"], rec.input, self.prices)
         rec.task_id, rec.status, rec.submitted_at = task_id, RecordStatus.SUBMITTED, _now()
         rec.credits, rec.credits_source = estimate, "estimate" if estimate is not None else None
+        if adopted_from is not None:
+            rec.adopted_from = adopted_from
+        self.summary.created += 1
         self.created_keys.add(rec.key)
         try:
             # Written synchronously, with no await between Kie's answer and the record: the only
@@ -448,8 +461,8 @@ class _Batch:
             await asyncio.to_thread(self.store.fsync, rec.key)
         except OSError as exc:
             await self._unrecorded(row, rec, exc)
-            return None
-        return rec
+            return False
+        return True
 
     async def _found_by_callback(self, row: dict[str, Any], rec: RequestRecord, why: str) -> None:
         """A createTask whose answer was lost, with callbacks on: adopt the task its callback names,
@@ -464,20 +477,10 @@ class _Batch:
             )
             self.settle(row, rec, Outcome.UNCERTAIN, FailCode.UNCERTAIN, why, transient=True)
             return
-        rec.task_id, rec.status, rec.submitted_at = task_id, RecordStatus.SUBMITTED, _now()
-        rec.adopted_from = "callback"
-        estimate = estimate_credits(row["model"], rec.input, self.prices)
-        rec.credits, rec.credits_source = estimate, "estimate" if estimate is not None else None
-        self.summary.created += 1
         self.summary.found_by_callback += 1
-        self.created_keys.add(rec.key)
         self.progress(f"Row {row['id']!r}: its callback named task {task_id}; no new task is created.")
-        try:
-            self.save_now(rec)
-        except OSError as exc:
-            await self._unrecorded(row, rec, exc)
-            return
-        await self.finish(row, rec, first_delay=0)
+        if await self._record_created(row, rec, task_id, adopted_from="callback"):
+            await self.finish(row, rec, first_delay=0)
 
     async def _unrecorded(self, row: dict[str, Any], rec: RequestRecord, exc: OSError) -> None:
         """A created task whose record could not be written: never let its id live only in memory."""
