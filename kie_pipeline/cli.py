@@ -1,7 +1,8 @@
 """The ``kie-pipeline`` command (also ``python -m kie_pipeline.cli``), built on click and rich.
 
-Commands: ``validate`` and ``estimate`` read a manifest (no key, no task, no credit); ``emulator``,
-``receiver`` and ``demo`` run the local Kie emulator, the callback receiver and the sample end to end.
+Commands: ``expand`` writes a manifest from a template; ``validate`` and ``estimate`` read a manifest
+(no key, no task, no credit); ``emulator``, ``receiver`` and ``demo`` run the local Kie emulator, the
+callback receiver and the sample end to end.
 
 Output that a command exists to give (tables, summaries) goes to stdout; errors, spinners and progress
 bars go to stderr, and spinners and bars only when stderr is a terminal, so pipes, tests and CI logs
@@ -139,6 +140,7 @@ class _Group(click.Group):
     context_settings=CONTEXT,
     epilog="""\b
 Examples:
+  kie-pipeline expand data/templates/animals.yaml -o data/animals.csv
   kie-pipeline validate data/prompts.csv
   kie-pipeline estimate data/prompts.csv --store data/store
   kie-pipeline emulator --port 8765 --latency 1,4
@@ -151,10 +153,84 @@ Run 'kie-pipeline COMMAND --help' for a command's options.""",
 def cli() -> None:
     """Turn a manifest of prompts into a media dataset through the Kie.ai API.
 
-    validate and estimate check a manifest and price it before any credit is spent (no key needed);
+    expand writes a manifest from a template of prompts; validate and estimate check a manifest and
+    price it before any credit is spent (no key needed);
     emulator, receiver and demo run the local Kie emulator, the callback receiver and the sample end to
     end. The Dagster pipeline itself runs under dagster (see the README).
     """
+
+
+# -- expand --------------------------------------------------------------------------------------------
+
+
+@cli.command(
+    short_help="Write a manifest from a template of prompts (YAML).",
+    epilog="""\b
+Examples:
+  kie-pipeline expand data/templates/animals.yaml -o data/animals.csv
+  kie-pipeline expand my-template.yaml -o prompts.parquet --max-rows 500000""",
+)
+@click.argument("template")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    metavar="PATH",
+    help="The manifest to write: .csv, .parquet or .pq. [default: TEMPLATE with .csv]",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Refuse a template that expands to more rows.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Problems shown in the table (0: all).",
+)
+def expand(template: str, output: str | None, max_rows: int, limit: int) -> None:
+    """Expand TEMPLATE (a YAML file) into a manifest: one row per combination of its slots' values.
+
+    A row's id comes from its slot values and its split from its id and the split's seed: add a value
+    to the template, expand again, and the existing rows keep their id, prompt and split (a rerun
+    reuses them). The rows are checked as validate checks a manifest before anything is written; the
+    output is replaced at once (a temporary file, then a rename). No key, no network.
+
+    \b
+    Exit status:
+      0  written: one summary line (rows, slots, splits)
+      1  the template (or a row it makes) is invalid: the table of problems; nothing is written
+      2  the template cannot be read (no such file), or the output cannot be written
+    """
+    from kie_pipeline.pipeline.manifest import ManifestError
+    from kie_pipeline.pipeline.templates import expand_template, load_template, summary, write_manifest_file
+
+    if output is None:
+        output = os.path.splitext(template)[0] + ".csv"
+    if not output.lower().endswith((".csv", ".parquet", ".pq")):
+        raise click.BadParameter(f"{output!r} must end in .csv, .parquet or .pq", param_hint="'-o'")
+    try:
+        with _spinner(f"Expanding {template}"):
+            parsed = load_template(template, max_rows=max_rows)
+            df = expand_template(parsed, base_dir=os.path.dirname(os.path.abspath(output)))
+    except ManifestError as exc:
+        problems = exc.problems
+        if problems and all(p.row is None and p.field == "path" for p in problems):
+            for p in problems:
+                click.echo(f"kie-pipeline expand: {template}: {p.message}", err=True)
+            _exit(UNREADABLE)
+        _print_problems(template, problems, limit)
+        _exit(INVALID)
+    try:
+        write_manifest_file(df, output)
+    except OSError as exc:
+        click.echo(f"kie-pipeline expand: {output}: cannot be written: {exc.strerror or exc}", err=True)
+        _exit(UNREADABLE)
+    click.echo(f"{template} → {output}: {summary(parsed, df)}.")
 
 
 # -- validate ------------------------------------------------------------------------------------------

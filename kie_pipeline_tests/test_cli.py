@@ -28,7 +28,9 @@ from kie_pipeline.pipeline.store import TaskStore
 from .pipeline_helpers import SAMPLE, write_manifest
 
 EXE = str(Path(sys.executable).parent / "kie-pipeline")
-COMMANDS = ["validate", "estimate", "emulator", "receiver", "demo"]
+COMMANDS = ["expand", "validate", "estimate", "emulator", "receiver", "demo"]
+#: Commands whose README line is still to be written (issue 14: the lead adds expand's; then empty this).
+NOT_YET_IN_README = {"expand"}
 
 
 def run(*args: str) -> object:
@@ -310,11 +312,17 @@ def test_the_readme_command_lines_run_as_written(tmp_path) -> None:
     demo line, the Makefile's own command)."""
     repo = Path(__file__).resolve().parent.parent
     lines = _readme_command_lines()
-    assert [argv[:2] for _, argv in lines] == [["kie-pipeline", c] for c in COMMANDS]
+    listed = [argv[1] for _, argv in lines]
+    assert listed == [c for c in COMMANDS if c in listed or c not in NOT_YET_IN_README]
     for env, argv in lines:
         exe = [EXE, *argv[1:]]
         environment = clean_env(KIE_STORE=str(tmp_path / "store"), **env)
-        if argv[1] in ("validate", "estimate"):
+        if argv[1] == "expand":  # its output goes to tmp_path, not into the repo
+            at = exe.index("-o") + 1
+            exe[at] = str(tmp_path / os.path.basename(exe[at]))
+            result = subprocess.run(exe, cwd=repo, env=environment, capture_output=True, text=True)
+            assert result.returncode == 0 and os.path.exists(exe[at]), result.stdout + result.stderr
+        elif argv[1] in ("validate", "estimate"):
             result = subprocess.run(
                 exe, cwd=repo, env=environment, capture_output=True, text=True, check=False
             )
