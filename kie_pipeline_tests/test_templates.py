@@ -89,6 +89,13 @@ def test_many_values_give_every_combination_in_order_with_unique_readable_ids() 
         "id", "prompt", "batch", "model", "aspect_ratio", "animal", "style", "split",
     ]  # fmt: skip
     assert set(df["split"]) <= {"train", "val", "test"}
+    # The id is a function of the slot values alone (row_id_of, the public form of it).
+    assert df["id"].tolist() == [
+        row_id_of({"animal": a, "style": s}) for a, s in zip(df["animal"], df["style"], strict=True)
+    ]
+    assert row_id_of({"style": "woodcut", "animal": "fox"}).endswith(
+        row_id_of({"animal": "fox", "style": "woodcut"})[-12:]
+    )
 
 
 def test_ids_meet_the_manifest_rules_for_long_unicode_and_unsafe_values() -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import itertools
 import json
 import math
@@ -42,7 +43,7 @@ import re
 import string
 import tempfile
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,18 +147,42 @@ class Template:
         Rows come in the order of the slot values (the first slot varies slowest). Text throughout:
         the result writes to CSV or Parquet as is and reads back unchanged."""
         names = list(self.slots)
+        keys = _Keys(self.slots)
         combos: Any = itertools.product(*(range(len(self.slots[n])) for n in names))
         if self.sample is not None:
-            combos = _sampled(self, names, combos)
+            combos = _sampled(self, keys, combos)
         records = []
         for combo in combos:
             values = {n: self.slots[n][i] for n, i in zip(names, combo, strict=True)}
-            row_id = row_id_of(values, self.id_prefix)
+            row_id = keys.row_id(combo, self.id_prefix)
             record = {"id": row_id, "prompt": self.prompt.format(**values), **self.columns, **values}
             if self.split is not None:
                 record[self.split.column] = self.split.of(row_id)
             records.append(record)
         return pd.DataFrame(records, dtype=object)
+
+
+class _Keys:
+    """A combination's canonical key and id, from text computed once per slot value (not per row)."""
+
+    def __init__(self, slots: Mapping[str, Sequence[str]]) -> None:
+        names = list(slots)
+        self._order = sorted(range(len(names)), key=lambda j: names[j])
+        # {"animal":"fox","style":"woodcut"}: JSON of the values by slot name, as _values_key writes it.
+        self._json = [[f"{_json(n)}:{_json(v)}" for v in slots[n]] for n in names]
+        self._slugs = [[slug(v)[:30].strip("-") for v in slots[n]] for n in names]
+
+    def key(self, combo: Sequence[int]) -> str:
+        """The canonical text of the combination's slot values (:func:`_values_key`)."""
+        return "{" + ",".join(self._json[j][combo[j]] for j in self._order) + "}"
+
+    def row_id(self, combo: Sequence[int], prefix: str) -> str:
+        """The combination's row id (:func:`row_id_of`)."""
+        return _id(self.key(combo), [self._slugs[j][i] for j, i in enumerate(combo)], prefix)
+
+
+def _json(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _unit(key: str) -> float:
@@ -171,21 +196,23 @@ def _values_key(values: Mapping[str, str]) -> str:
     return json.dumps(dict(sorted(values.items())), ensure_ascii=False, separators=(",", ":"))
 
 
-def _sampled(template: Template, names: list[str], combos: Any) -> list[tuple[int, ...]]:
+def _sampled(template: Template, keys: _Keys, combos: Any) -> list[tuple[int, ...]]:
     """The ``sample.size`` combinations of highest priority, in product order.
 
     Weighted sampling without replacement (Efraimidis and Spirakis): priority ``log(u) / w`` with
     ``u`` from a hash of the seed and the slot values and ``w`` the product of the values' weights.
     A combination's priority never depends on the others."""
     assert template.sample is not None
-    seed = template.sample.seed
+    prefix = f"sample\0{template.sample.seed}\0"
+    weights = list(template.weights.values())
+    weighted = any(w != 1.0 for ws in weights for w in ws)
     keyed = []
     for combo in combos:
-        values = {n: template.slots[n][i] for n, i in zip(names, combo, strict=True)}
-        weight = math.prod(template.weights[n][i] for n, i in zip(names, combo, strict=True))
-        keyed.append((math.log(_unit(f"sample\0{seed}\0{_values_key(values)}")) / weight, combo))
-    keyed.sort(key=lambda kc: kc[0], reverse=True)
-    return sorted(combo for _, combo in keyed[: template.sample.size])
+        priority = math.log(_unit(prefix + keys.key(combo)))
+        if weighted:
+            priority /= math.prod(weights[j][i] for j, i in enumerate(combo))
+        keyed.append((priority, combo))
+    return sorted(combo for _, combo in heapq.nlargest(template.sample.size, keyed))
 
 
 def slug(text: str) -> str:
@@ -199,9 +226,12 @@ def row_id_of(values: Mapping[str, str], prefix: str = "") -> str:
 
     The same slot values always give the same id, whatever the other rows; it meets the manifest's
     id rules (no '/', '\\\\', '..' nor control character; at most 200 characters)."""
-    digest = hashlib.sha256(_values_key(values).encode()).hexdigest()[:HASH_CHARS]
-    readable = "-".join(s for s in (slug(v)[:30].strip("-") for v in values.values()) if s)
-    readable = readable[:SLUG_CHARS].strip("-")
+    return _id(_values_key(values), [slug(v)[:30].strip("-") for v in values.values()], prefix)
+
+
+def _id(key: str, slugs: Sequence[str], prefix: str) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:HASH_CHARS]
+    readable = "-".join(s for s in slugs if s)[:SLUG_CHARS].strip("-")
     out = "-".join(part for part in (prefix, readable, digest) if part)
     assert len(out) <= MAX_ID_CHARS
     return out
