@@ -283,13 +283,25 @@ def test_yaml_problems_are_named_with_their_line(tmp_path) -> None:
     ]
 
 
-def test_rows_the_manifest_refuses_are_refused_by_row_before_anything_is_written(tmp_path) -> None:
-    data = template(columns={"model": "google/nano-banana", "resolution": "2K"})
-    (tmp_path / "t.yaml").write_text(yaml.safe_dump(data))
+def test_rows_the_manifest_refuses_are_refused_before_anything_is_written(tmp_path) -> None:
+    """A fixed column every row has wrong is one problem of the template's field; a problem of some
+    rows only is named by row, as validate names it."""
+    for columns, field in (
+        ({"model": "google/nano-banana", "resolution": "2K"}, "columns.resolution"),
+        ({"model": "nano-banana-pro", "aspect_ratio": "7:7"}, "columns.aspect_ratio"),
+        ({"model": "no-such-model"}, "columns.model"),
+        ({"batch": "not a batch"}, "columns.batch"),
+    ):
+        (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(columns=columns)))
+        with pytest.raises(TemplateError) as caught:
+            expand_template(str(tmp_path / "t.yaml"))
+        [p] = caught.value.problems
+        assert (p.row, p.id, p.field) == (None, None, field), p
+    data = template(slots={"animal": ["fox", "owl " * 3000], "style": ["a", "b"]})
     with pytest.raises(ManifestError) as caught:
-        expand_template(str(tmp_path / "t.yaml"))
+        expand_template(parse_template(data))
     assert not isinstance(caught.value, TemplateError)
-    assert {(p.row, p.field) for p in caught.value.problems} == {(i, "resolution") for i in range(1, 7)}
+    assert {(p.row, p.field) for p in caught.value.problems} == {(3, "prompt"), (4, "prompt")}
 
 
 # -- files ---------------------------------------------------------------------------------------------

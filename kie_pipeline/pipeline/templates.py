@@ -621,16 +621,43 @@ def expand_template(
     current folder).
 
     Raises:
-        TemplateError: the template is invalid (every problem, by field).
-        ManifestError: a row is not a valid manifest row (a model that does not take an aspect ratio,
-            an unknown model...): every problem, by row, id and field.
+        TemplateError: the template is invalid (every problem, by field), including a fixed column
+            that every row has wrong (a model that does not take ``resolution``: one problem,
+            ``columns.resolution``, not one per row).
+        ManifestError: some rows are not valid manifest rows (a prompt too long for the model...):
+            every problem, by row, id and field.
     """
     source = template if isinstance(template, str) else "template"
     if isinstance(template, str):
         template = load_template(template, max_rows=max_rows, max_combinations=max_combinations)
     df = template.expand()
-    validate_manifest(df, source=f"the expansion of {source}", base_dir=base_dir)
+    try:
+        validate_manifest(df, source=source, base_dir=base_dir)
+    except ManifestError as exc:
+        raise _by_template_field(exc.problems, template, len(df), source) from None
     return df
+
+
+def _by_template_field(problems: list[Problem], template: Template, rows: int, source: str) -> ManifestError:
+    """The manifest's problems, those of a fixed column that every row has as one template problem
+    (``columns.<name>``, no row), the others by row; a TemplateError when none is left by row."""
+    rows_of: dict[tuple[str, str], set[int | None]] = {}
+    for p in problems:
+        rows_of.setdefault((p.field, p.message), set()).add(p.row)
+    fixed = {
+        key
+        for key, seen in rows_of.items()
+        if key[0].split(".", 1)[0] in template.columns and len(seen) == rows
+    }
+    out = [
+        Problem(None, None, f"columns.{field}", message)
+        for field, message in rows_of
+        if (field, message) in fixed
+    ]
+    left = [p for p in problems if (p.field, p.message) not in fixed]
+    if not left:
+        return TemplateError(out, source)
+    return ManifestError(out + left, source)
 
 
 def write_manifest_file(df: pd.DataFrame, path: str) -> None:
