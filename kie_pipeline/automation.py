@@ -79,9 +79,12 @@ def _status(on: bool) -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if on else dg.DefaultSensorStatus.STOPPED
 
 
-def build_manifest_sensor(names: PipelineNames, on: bool = True) -> dg.SensorDefinition:
-    """The sensor that records a new version of ``manifest_file`` when the file's content changes."""
-    file_key = names.key("manifest_file")
+def build_manifest_sensor(
+    names: PipelineNames, on: bool = True, template: str | None = None
+) -> dg.SensorDefinition:
+    """The sensor that records a new version of ``manifest_file`` (or, for a pipeline whose manifest
+    is expanded from ``template``, of ``manifest_template``) when the file's content changes."""
+    file_key = names.key("manifest_template" if template else "manifest_file")
 
     @dg.sensor(
         name=names.sensor("manifest_sensor"),
@@ -96,14 +99,15 @@ def build_manifest_sensor(names: PipelineNames, on: bool = True) -> dg.SensorDef
     ) -> dg.SensorResult | dg.SkipReason:
         # (Dagster hands required resources as keyword arguments when a sensor is called directly.)
         dataset: DatasetResource = getattr(context.resources, names.dataset)
-        digest = _digest(dataset.manifest)
+        path = template or dataset.manifest
+        digest = _digest(path)
         if digest is None:
-            return dg.SkipReason(f"No manifest at {dataset.manifest}.")
+            return dg.SkipReason(f"No {'template' if template else 'manifest'} at {path}.")
         if digest == context.cursor:
-            return dg.SkipReason("The manifest has not changed.")
+            return dg.SkipReason(f"The {'template' if template else 'manifest'} has not changed.")
         event = dg.AssetMaterialization(
             file_key,
-            metadata={"path": dataset.manifest, "sha256": digest},
+            metadata={"path": path, "sha256": digest},
             tags={"dagster/data_version": digest},
         )
         return dg.SensorResult(asset_events=[event], cursor=digest)
@@ -112,15 +116,20 @@ def build_manifest_sensor(names: PipelineNames, on: bool = True) -> dg.SensorDef
 
 
 def build_automation_sensors(
-    pipeline: PipelineAssets, settings: AutomationSettings
+    pipeline: PipelineAssets,
+    settings: AutomationSettings,
+    expanded: dg.AssetsDefinition | None = None,
+    template: str | None = None,
 ) -> list[dg.SensorDefinition]:
-    """The manifest sensor and the two automation condition sensors of ``pipeline``."""
+    """The manifest sensor and the two automation condition sensors of ``pipeline`` (with
+    ``expanded``, the asset that writes its manifest from ``template``, refreshed like the rest)."""
     names = pipeline.names
+    free = [pipeline.prompt_manifest, pipeline.image_catalog, *([expanded] if expanded else [])]
     return [
-        build_manifest_sensor(names, settings.refresh),
+        build_manifest_sensor(names, settings.refresh, template),
         dg.AutomationConditionSensorDefinition(
             names.sensor("refresh_automation"),
-            target=dg.AssetSelection.assets(pipeline.prompt_manifest, pipeline.image_catalog),
+            target=dg.AssetSelection.assets(*free),
             default_status=_status(settings.refresh),
             description="Refreshes prompt_manifest when the manifest file changes and image_catalog "
             "after batches are generated (no credits).",

@@ -40,6 +40,7 @@ from .automation import (
 from .names import PipelineNames
 from .pipeline.manifest import ManifestOptions
 from .settings import pipeline_resources, shared_kie_resource, store_resource
+from .template_asset import build_template_asset, template_spec
 
 _AUTOMATION_DEFAULTS = AutomationSettings()
 
@@ -110,6 +111,11 @@ class KiePipelineComponent(dg.Component, dg.Model, dg.Resolvable):
     """
 
     manifest: str | None = Field(default=None, description="The manifest (CSV or Parquet): path or URL.")
+    template: str | None = Field(
+        default=None,
+        description="A template (YAML) the manifest is expanded from, by the asset expanded_manifest "
+        "(then `manifest` is a local .csv or .parquet path; default: the template's name with .csv).",
+    )
     store: str | None = Field(
         default=None, description="Folder or fsspec URL of results, task records and tables."
     )
@@ -144,28 +150,41 @@ class KiePipelineComponent(dg.Component, dg.Model, dg.Resolvable):
         if problems:
             raise ValueError(f"{context.path}: " + "; ".join(problems))
         settings = self.automation.settings()
-        file_spec = manifest_file_spec(names)
+        template = _under(context.project_root, self.template)
+        manifest = _under(context.project_root, self.manifest)
+        extra: list[Any] = []
+        if template is not None:
+            manifest = manifest or os.path.splitext(template)[0] + ".csv"
+            if "://" in manifest or "://" in template:
+                raise ValueError(f"{context.path}: with a template, manifest and template are local paths")
+            expanded = build_template_asset(names, template, manifest, MANIFEST_CONDITION)
+            extra = [template_spec(names), expanded]
+            upstream = expanded.key
+        else:
+            expanded = None
+            extra = [manifest_file_spec(names)]
+            upstream = extra[0].key
         pipeline = build_pipeline_assets(
             names,
             pool=self.pool,
             manifest_condition=MANIFEST_CONDITION,
             generation_condition=GENERATION_CONDITION,
             catalog_condition=CATALOG_CONDITION,
-            manifest_deps=(file_spec.key,),
+            manifest_deps=(upstream,),
         )
         store = store_resource(_under(context.project_root, self.store), self.store_options)
         resources = pipeline_resources(
             names,
-            manifest=_under(context.project_root, self.manifest),
+            manifest=manifest,
             store=store,
             partition_column=self.partition_column,
             default_model=self.default_model,
             default_params=self.default_params,
         )
         return dg.Definitions(
-            assets=[file_spec, *pipeline.assets],
+            assets=[*extra, *pipeline.assets],
             asset_checks=list(pipeline.checks),
-            sensors=build_automation_sensors(pipeline, settings),
+            sensors=build_automation_sensors(pipeline, settings, expanded, template),
             schedules=[build_nightly_schedule(pipeline, settings)],
             resources={"kie": shared_kie_resource(), **resources},
         )

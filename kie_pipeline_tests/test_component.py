@@ -163,7 +163,7 @@ def test_options_that_name_nothing_are_refused_before_any_row() -> None:
 
 # -- declarative automation -------------------------------------------------------------------
 def _requested(result: dg.EvaluateAutomationConditionsResult, key: str) -> set[str | None]:
-    return set(result.get_requested_partitions(dg.AssetKey(key)))
+    return set(result.get_requested_partitions(dg.AssetKey.from_user_string(key)))
 
 
 def test_automation_follows_the_manifest_and_refreshes_the_catalog(env: Path, instance) -> None:
@@ -269,3 +269,81 @@ def test_dependencies_are_ranges_and_constraints_pin_every_one_inside_them() -> 
     # The emulator's form parser is the emulator's: an extra, not a dependency of the library.
     assert "python-multipart" not in {r.name for r in runtime}
     assert [r.name for r in extras["emulator"]] == ["python-multipart"]
+
+
+# -- a manifest expanded from a template, as an upstream asset -----------------------------------
+TEMPLATE = """\
+prompt: "A {animal} at {light}"
+slots:
+  animal: [red fox]
+  light: [dawn, dusk]
+columns: {batch: animals}
+"""
+
+
+def test_a_template_expands_into_the_manifest_upstream_and_an_edit_pays_only_for_new_rows(
+    env: Path, emulator: EmulatorServer, instance
+) -> None:
+    from kie_pipeline.component import KiePipelineComponent
+    from kie_pipeline.settings import kie_resource
+
+    from .pipeline_helpers import FAST_KIE
+
+    template = env / "animals.yaml"
+    template.write_text(TEMPLATE)
+    component = KiePipelineComponent(
+        template=str(template), store=str(env / "tstore"), key_prefix="t", automation={"generate": True}
+    )
+    defs = dg.build_defs_for_component(component)
+    resources = {**defs.resources, "kie": kie_resource(**FAST_KIE)}
+    assets = list(defs.assets or [])
+
+    def run(key: str, partition: str | None = None) -> dg.ExecuteInProcessResult:
+        return dg.materialize(assets, selection=[key], partition_key=partition, resources=resources,
+                              instance=instance)  # fmt: skip
+
+    sensor = defs.get_sensor_def("t_manifest_sensor")
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        first = sensor(ctx)
+    assert [e.asset_key for e in first.asset_events] == [dg.AssetKey(["t", "manifest_template"])]
+    instance.report_runless_asset_event(first.asset_events[0])
+    result = dg.evaluate_automation_conditions(defs, instance)
+    assert _requested(result, "t/expanded_manifest") == {None}  # free: refreshed by itself
+
+    md = run("t/expanded_manifest").asset_materializations_for_node("t__expanded_manifest")[0].metadata
+    assert (md["rows"].value, md["added"].value) == (2, 2)
+    assert len(pd.read_csv(env / "animals.csv")) == 2  # the manifest file, beside the template
+    run("t/prompt_manifest")
+    run("t/generated_images", "animals")
+    assert emulator.emulator.snapshot()["created"] == 2
+    # The daemon's next tick: the expanded manifest is up to date, only the catalog is due.
+    result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
+    assert not _requested(result, "t/expanded_manifest") and _requested(result, "t/image_catalog") == {None}
+
+    # One more value: the template changes, the manifest gains one row, only that row is paid for.
+    template.write_text(TEMPLATE.replace("[dawn, dusk]", "[dawn, dusk, noon]"))
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor) as ctx:
+        second = sensor(ctx)
+    instance.report_runless_asset_event(second.asset_events[0])
+    result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
+    assert _requested(result, "t/expanded_manifest") == {None}
+    md = run("t/expanded_manifest").asset_materializations_for_node("t__expanded_manifest")[0].metadata
+    assert (md["rows"].value, md["added"].value, md["removed"].value) == (3, 1, 0)
+    run("t/prompt_manifest")
+    run("t/generated_images", "animals")
+    assert emulator.emulator.snapshot()["created"] == 3
+
+
+def test_an_invalid_template_fails_its_asset_and_keeps_the_manifest(env: Path, instance) -> None:
+    from kie_pipeline.component import KiePipelineComponent
+
+    template = env / "bad.yaml"
+    template.write_text(TEMPLATE.replace("{light}", "{lihgt}"))
+    (env / "bad.csv").write_text("id,prompt\nkept,as it was\n")
+    defs = dg.build_defs_for_component(KiePipelineComponent(template=str(template), key_prefix="b"))
+    result = dg.materialize(list(defs.assets or []), selection=["b/expanded_manifest"],
+                            resources=defs.resources, instance=instance, raise_on_error=False)  # fmt: skip
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert "lihgt" in failure.description and "light" in failure.description
+    assert (env / "bad.csv").read_text() == "id,prompt\nkept,as it was\n"
