@@ -2,7 +2,7 @@
 
 Everything else is derived from :data:`CATALOG_COLUMNS`: the dtypes of the result tables, the column
 descriptions shown in Dagster, the names a manifest may not use for its own columns, and the keys of
-one result row (see :func:`kie_pipeline.pipeline.generation.result_row`).
+one result row (see :func:`kie_pipeline.pipeline.result_rows.result_row`).
 """
 
 from __future__ import annotations
