@@ -146,12 +146,15 @@ def test_zero_and_one_hash_give_no_pairs() -> None:
 
 
 def test_many_identical_hashes_pair_each_once() -> None:
-    hashes = np.concatenate([np.full(40, 12345, np.int64), random_hashes(500)])
-    i, j, _ = near_duplicate_pairs(hashes, 3)
-    pairs = set(zip(i.tolist(), j.tolist(), strict=True))
-    assert set(itertools.combinations(range(40), 2)) <= pairs
-    assert len(pairs) == len(i)  # no pair twice, though it agrees on every grouping
-    assert (i < j).all()
+    """Copies (blank frames, re-uploads) are searched once per value and expanded to every row pair:
+    among themselves at distance 0, and with the copies of a near value at its distance."""
+    hashes = np.concatenate([np.full(40, 12345, np.int64), np.full(10, 12345 ^ 0b101, np.int64)])
+    hashes = np.concatenate([hashes, random_hashes(500)])
+    hashes = hashes[np.random.default_rng(1).permutation(len(hashes))]
+    i, j, d = near_duplicate_pairs(hashes, 3)
+    assert set(zip(i.tolist(), j.tolist(), d.tolist(), strict=True)) == brute_force(hashes, 3)
+    assert len(i) >= 50 * 49 // 2 and (i < j).all()
+    assert (np.lexsort((j, i)) == np.arange(len(i))).all()  # sorted by (i, j), each pair once
 
 
 @pytest.mark.parametrize("threshold", [0, 1, 3, DEFAULT_THRESHOLD, 10])

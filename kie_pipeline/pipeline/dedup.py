@@ -193,12 +193,52 @@ def near_duplicate_pairs(
     """
     if not 0 <= threshold < HASH_BITS:
         raise ValueError(f"threshold must be in 0..{HASH_BITS - 1}, not {threshold}")
+    if blocks and not threshold < blocks <= HASH_BITS:
+        raise ValueError(f"blocks must be in {threshold + 1}..{HASH_BITS} (or 0), not {blocks}")
     u = np.ascontiguousarray(hashes).view(np.uint64) if len(hashes) else np.zeros(0, np.uint64)
+    # Equal hashes (blank frames, re-uploads) are searched once: the search runs over the distinct
+    # values, and its pairs and each value's own copies are expanded to rows at the end.
+    values, inverse, counts = np.unique(u, return_inverse=True, return_counts=True)
+    vi, vj, vd = _search(values, threshold, blocks)
+    members = np.argsort(inverse, kind="stable")  # rows of value 0, then of value 1, ...
+    first = np.cumsum(counts) - counts
+    parts = [_cross(members, first, counts, vi, vj, vd)]
+    multi = np.flatnonzero(counts > 1)
+    if multi.size:  # pairs among the copies of one value, at distance 0
+        rows = members[_ranges(first[multi], first[multi] + counts[multi])]
+        for p, q, d in _pairs_in_groups(inverse[rows], u[rows], 0):
+            parts.append((rows[p], rows[q], d))
+    i = np.concatenate([np.minimum(a, b) for a, b, _ in parts]).astype(np.int64)
+    j = np.concatenate([np.maximum(a, b) for a, b, _ in parts]).astype(np.int64)
+    d = np.concatenate([x for _, _, x in parts]).astype(np.int64)
+    order = np.lexsort((j, i))
+    return i[order], j[order], d[order]
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(s, e)`` for each pair, without a Python loop."""
+    lengths = ends - starts
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+
+
+def _cross(
+    members: np.ndarray, first: np.ndarray, counts: np.ndarray, vi: np.ndarray, vj: np.ndarray, vd: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row of value ``vi[p]`` with every row of value ``vj[p]``, at distance ``vd[p]``."""
+    ca, cb = counts[vi], counts[vj]
+    total = ca * cb
+    k = np.arange(total.sum()) - np.repeat(np.cumsum(total) - total, total)
+    cb_k = np.repeat(cb, total)
+    a = members[np.repeat(first[vi], total) + k // cb_k]
+    b = members[np.repeat(first[vj], total) + k % cb_k]
+    return a, b, np.repeat(vd, total)
+
+
+def _search(u: np.ndarray, threshold: int, blocks: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`near_duplicate_pairs` over distinct uint64 values (positions ``i < j``, any order)."""
     n = len(u)
     if blocks is None:
         blocks = choose_blocks(n, threshold) or 0
-    if blocks and not threshold < blocks <= HASH_BITS:
-        raise ValueError(f"blocks must be in {threshold + 1}..{HASH_BITS} (or 0), not {blocks}")
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     found_d: list[np.ndarray] = []
@@ -238,8 +278,8 @@ def near_duplicate_pairs(
         return empty, empty.copy(), empty.copy()
     i, j, d = (np.concatenate(x).astype(np.int64) for x in (found_i, found_j, found_d))
     # A pair that agrees on several groupings' blocks was found by each: keep it once.
-    _, first = np.unique(i * n + j, return_index=True)
-    return i[first], j[first], d[first]
+    _, once = np.unique(i * n + j, return_index=True)
+    return i[once], j[once], d[once]
 
 
 #: Columns of :func:`find_near_duplicates`'s frame, in order.
