@@ -17,6 +17,7 @@ from pydantic import Field
 from kie_pipeline.client import AsyncKieClient, KieAuthError, KieError
 from kie_pipeline.pipeline.catalog import build_catalog, mismatched_copies, missing_copies, typed
 from kie_pipeline.pipeline.contact_sheet import write_contact_sheet
+from kie_pipeline.pipeline.dedup import DEFAULT_THRESHOLD, find_near_duplicates, pairs_markdown
 from kie_pipeline.pipeline.generation import BatchSummary, SystemicError, generate_batch
 from kie_pipeline.pipeline.lease import BatchLeaseHeld
 from kie_pipeline.pipeline.manifest import ManifestError
@@ -217,6 +218,8 @@ def build_pipeline_assets(
     generation_condition: dg.AutomationCondition | None = None,
     catalog_condition: dg.AutomationCondition | None = None,
     manifest_deps: tuple[dg.AssetKey, ...] = (),
+    near_duplicates: int = DEFAULT_THRESHOLD,
+    split_column: str = "split",
 ) -> PipelineAssets:
     """The assets of one pipeline, named by ``names``, generating in the Dagster pool ``pool``.
 
@@ -225,7 +228,9 @@ def build_pipeline_assets(
     the ``kie`` resource, shared by every pipeline of the code location (one account, one set of
     limits). The conditions are the assets' declarative automation (None: none);
     ``manifest_deps`` are assets ``prompt_manifest`` is refreshed from (the manifest file's
-    external asset), for lineage and automation.
+    external asset), for lineage and automation. The catalog's near-duplicate check flags results
+    whose perceptual hashes differ in at most ``near_duplicates`` bits, pairs across the manifest
+    column ``split_column`` first.
     """
     partitions = dg.DynamicPartitionsDefinition(name=names.partitions)
     manifest_key = names.key("prompt_manifest")
@@ -490,13 +495,45 @@ def build_pipeline_assets(
             metadata={"duplicates": dg.MetadataValue.json(dupes[:50])},
         )
 
+    @dg.asset_check(
+        asset=catalog_key,
+        required_resource_keys={names.dataset},
+        description=f"No two results are near-duplicates (perceptual hashes within {near_duplicates} "
+        f"bits); pairs across `{split_column}` values (leaks between train and test) are listed first.",
+    )
+    def no_near_duplicates(
+        context: dg.AssetCheckExecutionContext, image_catalog: pd.DataFrame
+    ) -> dg.AssetCheckResult:
+        dataset: DatasetResource = getattr(context.resources, names.dataset)
+        ok = image_catalog[image_catalog["state"] == "success"].reset_index(drop=True)
+        hashes = ok["phash"] if "phash" in ok.columns else pd.Series([None] * len(ok), dtype="Int64")
+        splits = ok[split_column] if split_column in ok.columns else None
+        pairs = find_near_duplicates(
+            ok["id"], hashes, result_index=ok["result_index"], splits=splits, threshold=near_duplicates
+        )
+        crossing = int(pairs["crosses_split"].sum())
+        return dg.AssetCheckResult(
+            passed=pairs.empty,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=None
+            if pairs.empty
+            else f"{len(pairs)} near-duplicate pair(s), {crossing} across splits.",
+            metadata={
+                "pairs": len(pairs),
+                "pairs_across_splits": crossing,
+                "hashed": int(hashes.notna().sum()),
+                "threshold_bits": near_duplicates,
+                "worst": dg.MetadataValue.md(pairs_markdown(dataset.task_store(), ok, pairs)),
+            },
+        )
+
     return PipelineAssets(
         names=names,
         partitions=partitions,
         prompt_manifest=prompt_manifest,
         generated_images=generated_images,
         image_catalog=image_catalog,
-        checks=(catalog_copies_match, catalog_ids_unique),
+        checks=(catalog_copies_match, catalog_ids_unique, no_near_duplicates),
     )
 
 
@@ -505,7 +542,7 @@ DEFAULT_PIPELINE = build_pipeline_assets()
 prompt_manifest = DEFAULT_PIPELINE.prompt_manifest
 generated_images = DEFAULT_PIPELINE.generated_images
 image_catalog = DEFAULT_PIPELINE.image_catalog
-catalog_copies_match, catalog_ids_unique = DEFAULT_PIPELINE.checks
+catalog_copies_match, catalog_ids_unique, no_near_duplicates = DEFAULT_PIPELINE.checks
 
 __all__ = [
     "DEFAULT_PIPELINE",
@@ -515,6 +552,7 @@ __all__ = [
     "catalog_ids_unique",
     "generated_images",
     "image_catalog",
+    "no_near_duplicates",
     "prompt_manifest",
     "snapshot_batches",
     "sync_partitions",

@@ -38,6 +38,7 @@ from .automation import (
     manifest_file_spec,
 )
 from .names import PipelineNames
+from .pipeline.dedup import DEFAULT_THRESHOLD
 from .pipeline.manifest import ManifestOptions
 from .settings import pipeline_resources, shared_kie_resource, store_resource
 from .template_asset import build_template_asset, template_spec
@@ -137,6 +138,16 @@ class KiePipelineComponent(dg.Component, dg.Model, dg.Resolvable):
         description="Defaults of empty input cells (a named column or a model's field), per model.",
     )
     pool: str = Field(default=KIE_POOL, description="The Dagster pool of generation runs.")
+    split_column: str = Field(
+        default="split", description="The manifest column of train/val/test splits (for near-duplicates)."
+    )
+    near_duplicate_bits: int = Field(
+        default=DEFAULT_THRESHOLD,
+        ge=0,
+        le=32,
+        description="Results whose perceptual hashes differ in at most this many of 64 bits are "
+        "near-duplicates (the catalog's no_near_duplicates check).",
+    )
     automation: AutomationModel = Field(default_factory=AutomationModel, description=AutomationModel.__doc__)
 
     def names(self) -> PipelineNames:
@@ -171,6 +182,8 @@ class KiePipelineComponent(dg.Component, dg.Model, dg.Resolvable):
             generation_condition=GENERATION_CONDITION,
             catalog_condition=CATALOG_CONDITION,
             manifest_deps=(upstream,),
+            near_duplicates=self.near_duplicate_bits,
+            split_column=self.split_column,
         )
         store = store_resource(_under(context.project_root, self.store), self.store_options)
         resources = pipeline_resources(

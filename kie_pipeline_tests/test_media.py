@@ -213,6 +213,10 @@ def test_video_audio_and_image_rows_end_to_end(emulator: EmulatorServer, tmp_pat
     assert cat.loc["a", "duration_s"] == pytest.approx(0.5, abs=0.15) and pd.isna(cat.loc["a", "width"])
     assert cat.loc["a", "image_uri"].endswith(".mp3")
     assert cat.loc["i", "media_type"] == "image" and cat.loc["i", "mime_type"] == "image/png"
+    # A perceptual hash for the image and the video's first frame; none for audio.
+    assert (
+        pd.notna(cat.loc["i", "phash"]) and pd.notna(cat.loc["v", "phash"]) and pd.isna(cat.loc["a", "phash"])
+    )
     assert pd.isna(cat.loc["i", "duration_s"])
     # Recovery describes a copy the way generation did.
     again = describe_copy(store, cat.loc["v", "image_uri"], "video")

@@ -203,15 +203,17 @@ def build_app(emu: Emulator) -> Starlette:
                 render_media, spec.media.value, seed, str(task.input.get("prompt", ""))
             )
         else:
+            prompt = str(task.input.get("prompt", ""))
             data = await asyncio.to_thread(
                 render,
                 task.task_id,
-                str(task.input.get("prompt", "")),
+                prompt,
                 out.aspect_ratio,
                 out.resolution,
                 fmt,
                 emu.config.render_scale,
                 entry.index,
+                seed=prompt if emu.config.same_prompt_same_image else None,
             )
             media_type = "image/jpeg" if fmt == "jpg" else "image/png"
         emu.stats.downloads += 1

@@ -75,6 +75,9 @@ class EmulatorConfig:
     download_url_ttl: float = 1200.0
     #: Scales rendered images (1.0: 1K is 1024 px on the long side; tests use e.g. 0.0625).
     render_scale: float = 1.0
+    #: Render like a model with a fixed seed: the same prompt (and size) gives the same image, with no
+    #: task label (tests plant real near-duplicates this way). Off: each task's image is its own.
+    same_prompt_same_image: bool = False
     #: "http": errors as HTTP statuses; "body": HTTP 200 with the error in the body's ``code``.
     error_style: Literal["http", "body"] = "http"
     #: URLs in a successful task's ``resultUrls`` (Kie: "a task can return several"), each a distinct image.

@@ -25,17 +25,28 @@ def image_size(aspect_ratio: str, resolution: str, scale: float = 1.0) -> tuple[
 
 @lru_cache(maxsize=64)
 def render(
-    task_id: str, prompt: str, aspect_ratio: str, resolution: str, fmt: str, scale: float, index: int = 0
+    task_id: str,
+    prompt: str,
+    aspect_ratio: str,
+    resolution: str,
+    fmt: str,
+    scale: float,
+    index: int = 0,
+    *,
+    seed: str | None = None,
 ) -> bytes:
     """Render a deterministic image for a task's result ``index``: colours from both, the prompt's text.
 
-    Each result of a task gets its own colours and label, so the files of one task differ.
+    Each result of a task gets its own colours and label, so the files of one task differ. With
+    ``seed`` (a fixed seed, e.g. the prompt), the colours come from it and no task label is drawn:
+    the same seed, prompt and size give the same image whatever the task.
     """
     width, height = image_size(aspect_ratio, resolution, scale)
     # Index 0 keeps the seed of a one-result task, so earlier renders stay byte-identical.
-    seed = hashlib.sha256((task_id if index == 0 else f"{task_id}#{index}").encode()).digest()
-    top = tuple(40 + b % 150 for b in seed[:3])
-    bottom = tuple(40 + b % 150 for b in seed[3:6])
+    source = seed if seed is not None else task_id
+    seed_bytes = hashlib.sha256((source if index == 0 else f"{source}#{index}").encode()).digest()
+    top = tuple(40 + b % 150 for b in seed_bytes[:3])
+    bottom = tuple(40 + b % 150 for b in seed_bytes[3:6])
     img = Image.new("RGB", (width, height), top)
     draw = ImageDraw.Draw(img)
     for y in range(0, height, max(1, height // 32)):
@@ -50,8 +61,9 @@ def render(
     for line in lines:
         draw.text((font_size // 2, y), line, fill=(255, 255, 255), font=font)
         y += font_size + 4
-    label = task_id[:12] if index == 0 else f"{task_id[:12]} #{index + 1}"
-    draw.text((font_size // 2, height - font_size - 4), label, fill=(230, 230, 230), font=font)
+    if seed is None:
+        label = task_id[:12] if index == 0 else f"{task_id[:12]} #{index + 1}"
+        draw.text((font_size // 2, height - font_size - 4), label, fill=(230, 230, 230), font=font)
     buf = io.BytesIO()
     if fmt == "jpg":
         img.save(buf, format="JPEG", quality=85)

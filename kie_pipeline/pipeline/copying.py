@@ -11,7 +11,8 @@ from typing import Any
 from kie_pipeline.client import KieDownloadError, KieError, MediaType, TaskRecord
 
 from .batch_state import BatchState
-from .media import MediaError, media_of, probe
+from .dedup import phash_bytes
+from .media import MediaError, MediaInfo, media_of, probe
 from .outcome import Outcome
 from .record import FailCode, RecordStatus, RequestRecord, ResultCopy
 
@@ -72,7 +73,8 @@ class CopyingBatch(BatchState):
             return None
         data, sha = got
         try:
-            info = await asyncio.to_thread(probe, data, media)
+            # Probed and hashed in one thread hop: both decode the file.
+            info, phash = await asyncio.to_thread(_describe, data, media)
         except MediaError as exc:
             raise KieDownloadError(f"Result {index} is not a readable {media} file: {exc}.") from exc
         name = row["request_key"] if index == 0 else f"{row['request_key']}-{index}"
@@ -89,6 +91,7 @@ class CopyingBatch(BatchState):
             media_type=info.media_type.value,
             mime_type=info.mime_type,
             duration_s=info.duration_s,
+            phash=phash,
             title=_text_or_none(meta.get("title")),
             tags=_text_or_none(meta.get("tags")),
         )
@@ -129,3 +132,9 @@ class CopyingBatch(BatchState):
             )
             return
         self.settle(row, rec, Outcome.SUCCEEDED)
+
+
+def _describe(data: bytes, media: MediaType) -> tuple[MediaInfo, int | None]:
+    """The file's media properties and its perceptual hash (None for audio)."""
+    info = probe(data, media)
+    return info, phash_bytes(data, info.media_type)

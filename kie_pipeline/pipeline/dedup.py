@@ -22,6 +22,7 @@ by a cost model for ``N`` and ``k``. The result is exact: the same pairs as comp
 
 from __future__ import annotations
 
+import base64
 import io
 import itertools
 import math
@@ -32,6 +33,8 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from kie_pipeline.client.registry import MediaType
+
+from .store import TaskStore
 
 #: Bits of a hash.
 HASH_BITS = 64
@@ -365,3 +368,34 @@ def find_near_duplicates(
         ["crosses_split", "distance", "a_row", "b_row"], ascending=[False, True, True, True], kind="stable"
     )
     return out.reset_index(drop=True)
+
+
+def pairs_markdown(
+    store: TaskStore, rows: pd.DataFrame, pairs: pd.DataFrame, *, limit: int = 10, size: int = 48
+) -> str:
+    """A markdown table of the first ``limit`` pairs of :func:`find_near_duplicates` over ``rows``
+    (their ``a_row``/``b_row`` index ``rows`` by position), each file as a small inline thumbnail."""
+    if pairs.empty:
+        return "_no near-duplicates_"
+    lines = ["| a | b | ids | bits | splits |", "|---|---|---|---|---|"]
+    for pair in pairs.head(limit).itertuples():
+        cells = [_thumb(store, rows.iloc[int(r)], size) for r in (pair.a_row, pair.b_row)]
+        splits = f"{pair.a_split} / {pair.b_split}" + (" **crosses**" if pair.crosses_split else "")
+        lines.append(f"| {cells[0]} | {cells[1]} | `{pair.a}` `{pair.b}` | {pair.distance} | {splits} |")
+    if len(pairs) > limit:
+        lines.append(f"\n{len(pairs) - limit} more pair(s) not shown.")
+    return "\n".join(lines)
+
+
+def _thumb(store: TaskStore, row: pd.Series, size: int) -> str:
+    from .media import thumbnail
+
+    try:
+        img = thumbnail(store.read_bytes(str(row["image_uri"])), str(row.get("media_type") or "image"), size)
+    except OSError:
+        img = None
+    if img is None:
+        return "(no preview)"
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=60)
+    return f"![{row['id']}](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()})"

@@ -83,6 +83,8 @@ class ResultCopy(BaseModel):
     #: None in older records: the catalog derives it from ``format``.
     mime_type: str | None = None
     duration_s: float | None = None
+    #: Perceptual hash (see :mod:`.dedup`); None for audio and in records older than the column.
+    phash: int | None = None
     #: Per-result metadata Kie gives for music (Suno's title and tags).
     title: str | None = None
     tags: str | None = None

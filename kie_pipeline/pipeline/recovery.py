@@ -22,6 +22,7 @@ from typing import Any
 
 from kie_pipeline.client import MediaType
 
+from .dedup import phash_bytes
 from .media import MediaError, media_of, probe
 from .record import RecordStatus, RequestRecord, ResultCopy
 from .store import TaskStore
@@ -107,6 +108,7 @@ def describe_copy(store: TaskStore, uri: str, media: MediaType | str | None = No
         media_type=info.media_type.value,
         mime_type=info.mime_type,
         duration_s=info.duration_s,
+        phash=phash_bytes(data, info.media_type),
     )
 
 

@@ -61,6 +61,7 @@ def result_row(
             width=image.width,
             height=image.height,
             duration_s=image.duration_s,
+            phash=image.phash,
             format=image.format,
             # Copies recorded before MIME types: from the extension, which came from the contents.
             mime_type=image.mime_type or MIME_BY_EXT.get(str(image.format)),

@@ -40,6 +40,12 @@ CATALOG_COLUMNS: tuple[Column, ...] = (
     Column("duration_s", "Float64", "Duration in seconds (video, audio), read from the file"),
     Column("format", "string", "File format of the durable copy, from its contents (png, jpg, mp4, mp3...)"),
     Column("mime_type", "string", "MIME type of the durable copy (image/png, video/mp4, audio/mpeg...)"),
+    Column(
+        "phash",
+        "Int64",
+        "64-bit perceptual hash (imagehash's pHash bits as a signed integer) of the image or a video's "
+        "first frame; none for audio. Near-duplicates differ in few bits: bit_count(a # b) in DuckDB",
+    ),
     Column("title", "string", "The track's title, where Kie gives one (music)"),
     Column("tags", "string", "The track's style tags as Kie gives them (music)"),
     Column(
