@@ -295,3 +295,54 @@ def test_a_batch_reads_each_callback_once_and_lists_once_per_tick(
             assert not _watchers()
 
     asyncio.run(go())
+
+
+@pytest.fixture
+def s3_root(monkeypatch) -> Any:
+    """A store on a real S3 protocol server (moto) on loopback: (root URL, storage options)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="callbacks-test")
+    try:
+        yield "s3://callbacks-test/store", {"endpoint_url": url}
+    finally:
+        server.stop()
+
+
+def test_on_s3_one_listing_per_tick_and_one_get_per_callback(emulator: EmulatorServer, s3_root) -> None:
+    """The same on an object store: 20 tasks waiting cost one listing per tick, and each callback
+    one GET when it appears (before: one GET per task per tick)."""
+    root, options = s3_root
+    store = TaskStore(root, storage_options=options)
+    fs = CountingFS(store.fs)
+    store.fs = fs  # type: ignore[assignment]
+    receiving = TaskStore(root, storage_options=options)
+    n = 20
+
+    async def go() -> None:
+        async with make_client(emulator) as client:
+            waiter = _waiter(client, store)
+            tasks = [
+                asyncio.create_task(waiter.wait(f"task-{i}", key=_key(i), timeout=120)) for i in range(n)
+            ]
+            await _ticks(waiter, 3)
+            assert waiter.watcher.ticks <= fs.listings <= waiter.watcher.ticks + 1 and fs.reads == 0
+            with ReceiverServer(build_receiver(receiving, secret=SECRET)) as receiver:
+                await asyncio.gather(*(_post(receiver, _key(i), _body(f"task-{i}")) for i in range(n)))
+                records = await asyncio.gather(*tasks)
+            assert [r.task_id for r in records] == [f"task-{i}" for i in range(n)]
+            assert fs.reads == n and waiter.watcher.ticks <= fs.listings <= waiter.watcher.ticks + 1
+            await asyncio.sleep(0)
+            assert not _watchers()
+
+    asyncio.run(go())
