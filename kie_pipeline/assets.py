@@ -220,6 +220,7 @@ def build_pipeline_assets(
     manifest_deps: tuple[dg.AssetKey, ...] = (),
     near_duplicates: int = DEFAULT_THRESHOLD,
     split_column: str = "split",
+    retry_policy: dg.RetryPolicy = GENERATION_RETRY_POLICY,
 ) -> PipelineAssets:
     """The assets of one pipeline, named by ``names``, generating in the Dagster pool ``pool``.
 
@@ -287,7 +288,7 @@ def build_pipeline_assets(
         # One partition per run: each batch is retried, cancelled and reported on its own, and the
         # pool bounds how many batches talk to Kie at once (they share the account's limits).
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
-        retry_policy=GENERATION_RETRY_POLICY,
+        retry_policy=retry_policy,
         io_manager_key=names.io_manager,
         required_resource_keys={names.dataset, "kie"},
         kinds={"pandas", "parquet"},

@@ -57,14 +57,15 @@ def write_manifest(path: str, records: list[dict[str, Any]]) -> None:
 class Pipeline:
     """The assets wired to an emulator and a store, on one Dagster instance."""
 
-    def __init__(self, instance: dg.DagsterInstance, **kie: Any) -> None:
+    def __init__(self, instance: dg.DagsterInstance, assets: list[Any] | None = None, **kie: Any) -> None:
         self.instance = instance
+        self.assets = assets or ASSETS
         self.resources = build_resources(**kie_options(FAST_KIE, kie))
         self.store = self.resources["dataset"].store.url
 
     def manifest(self, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
         return dg.materialize(
-            ASSETS, selection=["prompt_manifest"], resources=self.resources, instance=self.instance,
+            self.assets, selection=["prompt_manifest"], resources=self.resources, instance=self.instance,
             raise_on_error=raise_on_error,
         )  # fmt: skip
 
@@ -72,13 +73,13 @@ class Pipeline:
         """Materialize one partition; ``config`` sets GenerateConfig fields."""
         run_config = {"ops": {"generated_images": {"config": config}}} if config else None
         return dg.materialize(
-            ASSETS, selection=["generated_images"], partition_key=key, resources=self.resources,
+            self.assets, selection=["generated_images"], partition_key=key, resources=self.resources,
             instance=self.instance, raise_on_error=raise_on_error, run_config=run_config,
         )  # fmt: skip
 
     def catalog(self, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
         return dg.materialize(
-            [*ASSETS, *ASSET_CHECKS],
+            [*self.assets, *ASSET_CHECKS],
             selection=["image_catalog"],
             resources=self.resources,
             instance=self.instance,

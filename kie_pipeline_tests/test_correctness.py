@@ -319,7 +319,11 @@ def test_a_refused_key_mid_batch_stops_and_is_not_retried(env, emulator, instanc
 
 
 def test_a_transient_outage_is_retried_by_dagster(env, emulator, instance) -> None:
-    pipe = Pipeline(instance, retry={"max_attempts": 1})
+    from kie_pipeline.assets import build_pipeline_assets
+
+    # The shipped policy, waiting 0.1 s instead of 15 s between attempts.
+    quick = build_pipeline_assets(retry_policy=dg.RetryPolicy(max_retries=3, delay=0.1))
+    pipe = Pipeline(instance, quick.assets, retry={"max_attempts": 1})
     pipe.manifest()
     # The balance lookup and the first createTask meet a 500; then Kie is back.
     emulator.config.faults.force_code, emulator.config.faults.force_count = 500, 2
