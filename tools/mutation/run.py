@@ -86,8 +86,9 @@ GROUPS: dict[str, Group] = {
             f"{TESTS}/test_abuse.py::test_store_failing_mid_run_loses_no_task_id",
         ],
     ),
-    # generation and the modules split out of it have ~1,400 mutants and only Dagster runs reach it (3-4 s a test): about two
-    # hours with 2 jobs, so it is not in the default run (`make mutation MUTATION_GROUPS=generation`).
+    # generation and the modules split out of it: ~1,400 mutants, and only Dagster runs reach them
+    # (3-4 s a test): about two hours with 2 jobs, so not in the default run
+    # (`make mutation MUTATION_GROUPS=generation`).
     "generation": Group(
         files=[
             "kie_pipeline/pipeline/generation.py",
