@@ -188,12 +188,25 @@ def test_video_and_audio_are_skipped_and_counted_rows_without_a_split_go_to_trai
 
 def test_large_batches_are_cut_into_shards_and_a_copy_that_changed_is_refused(tmp_path: Path) -> None:
     store = TaskStore(str(tmp_path / "store"))
-    rows = [{"id": f"r{i}", "state": "success", "data": _png((i, 0, 0))} for i in range(5)]
+    rows = [
+        {"id": f"r{i}", "state": "success", "data": _png((i, 0, 0)), "seed": i, "note": i if i % 2 else "x"}
+        for i in range(5)
+    ]
+    rows[0]["extra"] = {"nested": [1, 2]}
     catalog = _catalog(store, rows)
     size = int(catalog["bytes"].max())
     summary = export_dataset(store, catalog, str(tmp_path / "out"), max_shard_bytes=2 * size)
     assert len(summary.shards_written) == 3
-    assert sorted(_load(tmp_path / "out")["train"]["id"]) == [f"r{i}" for i in range(5)]
+    train = _load(tmp_path / "out")["train"]
+    got = {row["id"]: (row["seed"], row["note"], row["extra"]) for row in train.remove_columns("image")}
+    # the manifest's own columns: ints stay ints, mixed and nested values become text
+    assert got == {
+        "r0": (0, "x", '{"nested": [1, 2]}'),
+        "r1": (1, "1", None),
+        "r2": (2, "x", None),
+        "r3": (3, "3", None),
+        "r4": (4, "x", None),
+    }
     schemas = {str(pq.read_schema(tmp_path / "out" / name)) for name in summary.shards_written}
     assert len(schemas) == 1  # every shard has the same schema (datasets needs it)
 

@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kie_pipeline.pipeline.schema import CATALOG_DTYPES
+from kie_pipeline.pipeline.schema import COLUMN_DESCRIPTIONS, RESERVED_NAMES
 from kie_pipeline.pipeline.store import TaskStore, atomic_write, join
 
 #: Bumped when the shard format changes, so every shard is rewritten once.
@@ -134,7 +134,7 @@ def export_dataset(
     columns = _columns(catalog, split_column)
     with_split = rows.assign(**{split_column: rows["_split"]})
     frame = with_split[columns] if len(rows) else _empty(catalog, columns)
-    schema = _arrow_schema(frame, columns)
+    frame, schema = _arrow_schema(frame, columns)
     shards = _plan_shards(rows, frame, max_shard_bytes)
     schema_text = schema.to_string(show_schema_metadata=True)
     for shard in shards:
@@ -227,9 +227,9 @@ def _exportable_rows(catalog: pd.DataFrame, split_column: str) -> tuple[pd.DataF
 
 def _columns(catalog: pd.DataFrame, split_column: str) -> list[str]:
     """The exported columns: the kept catalog columns that exist, then the manifest's own columns."""
-    own = [c for c in catalog.columns if c not in CATALOG_DTYPES and not c.startswith("_")]
+    own = [c for c in catalog.columns if c not in RESERVED_NAMES and not str(c).startswith("_")]
     kept = [c for c in EXPORTED_CATALOG_COLUMNS if c in catalog.columns]
-    if split_column not in own:
+    if split_column not in own and split_column not in kept:
         own = [split_column, *own]
     return kept + own
 
@@ -241,7 +241,6 @@ def _empty(catalog: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 _PRIMITIVES = (
-    pa.types.is_string,
     pa.types.is_integer,
     pa.types.is_floating,
     pa.types.is_boolean,
@@ -249,21 +248,32 @@ _PRIMITIVES = (
 )
 
 
-def _arrow_schema(frame: pd.DataFrame, columns: list[str]) -> pa.Schema:
-    """The export's schema, from the whole export (so every shard has the same one), with HF features."""
+def _arrow_schema(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, pa.Schema]:
+    """The export's schema, from the whole export (so every shard has the same one), with HF features;
+    and the frame with the columns exported as text (nested, mixed or all-empty ones) made text."""
     fields = [pa.field("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())]))]
     features: dict[str, Any] = {"image": {"_type": "Image"}}
+    frame = frame.copy()
     for name in columns:
         try:
             kind = pa.Schema.from_pandas(frame[[name]], preserve_index=False).field(name).type
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            kind = pa.string()
-        if pa.types.is_large_string(kind) or not any(test(kind) for test in _PRIMITIVES):
-            kind = pa.string()  # nested, null (all empty) or odd columns: exported as text
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            kind = pa.null()
+        if not pa.types.is_string(kind) and not any(test(kind) for test in _PRIMITIVES):
+            kind = pa.string()  # nested, mixed, null (all empty) or odd columns: exported as text
+            frame[name] = frame[name].map(_text).astype("string")
         fields.append(pa.field(name, kind))
         features[name] = {"dtype": _hf_dtype(kind), "_type": "Value"}
     metadata = {"huggingface": json.dumps({"info": {"features": features}})}
-    return pa.schema(fields, metadata=metadata)
+    return frame, pa.schema(fields, metadata=metadata)
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, (list, dict, tuple)):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    if value is None or (not hasattr(value, "__len__") and pd.isna(value)):
+        return None
+    return str(value)
 
 
 def _hf_dtype(kind: pa.DataType) -> str:
@@ -375,8 +385,6 @@ def _card(
     ]
     lines += [f"| {s} | {summary.rows_per_split.get(s, 0)} |" for s in splits]
     lines += ["", "## Schema", "", "| column | type | description |", "| --- | --- | --- |"]
-    from kie_pipeline.pipeline.schema import COLUMN_DESCRIPTIONS
-
     for f in schema:
         kind = "Image" if f.name == "image" else str(f.type)
         description = (
