@@ -186,7 +186,7 @@ def test_video_and_audio_are_skipped_and_counted_rows_without_a_split_go_to_trai
     assert "data/train/b1-" in state
 
 
-def test_large_batches_are_cut_into_shards_and_a_copy_that_changed_is_refused(tmp_path: Path) -> None:
+def test_large_batches_are_cut_into_shards_strays_are_removed_bad_copies_refused(tmp_path: Path) -> None:
     store = TaskStore(str(tmp_path / "store"))
     rows = [
         {"id": f"r{i}", "state": "success", "data": _png((i, 0, 0)), "seed": i, "note": i if i % 2 else "x"}
@@ -210,6 +210,18 @@ def test_large_batches_are_cut_into_shards_and_a_copy_that_changed_is_refused(tm
     schemas = {str(pq.read_schema(tmp_path / "out" / name)) for name in summary.shards_written}
     assert len(schemas) == 1  # every shard has the same schema (datasets needs it)
 
+    # A stray file under data/ (a crashed writer's) goes; a lost state file means every shard is rewritten.
+    (tmp_path / "out" / "data" / "train" / "old.parquet").write_bytes(b"junk")
+    (tmp_path / "out" / STATE_FILE).unlink()
+    again = export_dataset(store, catalog, str(tmp_path / "out"), max_shard_bytes=2 * size)
+    assert sorted(again.shards_written) == sorted(summary.shards_written)
+    assert again.shards_removed == ["data/train/old.parquet"]
+    assert len(_load(tmp_path / "out")["train"]) == 5
+
+    missing = catalog.copy()
+    missing.loc[1, "image_uri"] = store.image_uri("nowhere", "png")
+    with pytest.raises(ValueError, match="missing"):
+        export_dataset(store, missing, str(tmp_path / "again"))
     store.write_bytes(catalog["image_uri"].iloc[0], _png((200, 200, 200)))
     with pytest.raises(ValueError, match="sha256"):
         export_dataset(store, catalog, str(tmp_path / "again"))
