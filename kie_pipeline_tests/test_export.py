@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +260,35 @@ def test_export_to_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert _load(local)["val"]["id"] == ["a"]
     finally:
         server.stop()
+
+
+def test_webdataset_tars_hold_each_image_and_its_columns_and_follow_the_parquet_shards(
+    tmp_path: Path,
+) -> None:
+    """Tars read with tarfile (the webdataset package is not a dependency): {key}.png + {key}.json per
+    row, in row order; kept when unchanged; removed when the option is turned off."""
+    store = TaskStore(str(tmp_path / "store"))
+    rows = [
+        {"id": "a.1", "state": "success", "data": _png((1, 1, 1)), "split": "val", "style": "x"},
+        {"id": "b", "state": "success", "data": _png((2, 2, 2)), "split": "val", "style": "y"},
+        {"id": "c", "state": "success", "data": _png((3, 3, 3))},
+    ]
+    catalog = _catalog(store, rows)
+    out = tmp_path / "out"
+    summary = export_dataset(store, catalog, str(out), webdataset=True)
+    tars = sorted(n for n in summary.shards_written if n.endswith(".tar"))
+    assert [t.split("/")[1] for t in tars] == ["train", "val"] and len(summary.shards_written) == 4
+    with tarfile.open(out / tars[1]) as tar:
+        names = tar.getnames()
+        assert names == ["a_1-0.png", "a_1-0.json", "b-0.png", "b-0.json"]
+        assert tar.extractfile("b-0.png").read() == _png((2, 2, 2))
+        meta = json.loads(tar.extractfile("a_1-0.json").read())
+    assert meta["id"] == "a.1" and meta["style"] == "x" and meta["split"] == "val"
+    assert meta["sha256"] == catalog.loc[catalog["id"] == "a.1", "sha256"].iloc[0]
+    assert "webdataset/<split>/*.tar" in (out / "README.md").read_text()
+
+    again = export_dataset(store, catalog, str(out), webdataset=True)
+    assert not again.shards_written and len(again.shards_kept) == 4
+    off = export_dataset(store, catalog, str(out))
+    assert sorted(off.shards_removed) == tars and not off.shards_written
+    assert not list((out / "webdataset").rglob("*.tar"))

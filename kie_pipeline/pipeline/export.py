@@ -6,6 +6,7 @@ Layout under the destination (a folder or fsspec URL)::
                                               the schema and the generation settings
     export_state.json                         per shard: its rows' fingerprint (what incremental uses)
     data/<split>/<batch>-<hash8>-00000.parquet  one or more shards per (split, batch)
+    webdataset/<split>/<batch>-<hash8>-00000.tar  the same shards as WebDataset tars (if asked for)
 
 Each shard is written with pyarrow alone (``datasets`` is not needed at export time): the ``image``
 column has the Image feature's layout (``struct<bytes: binary, path: string>``) and the schema metadata
@@ -24,6 +25,7 @@ import hashlib
 import io
 import json
 import re
+import tarfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ EXPORT_FORMAT = 1
 STATE_FILE = "export_state.json"
 CARD_FILE = "README.md"
 DATA_DIR = "data"
+WEBDATASET_DIR = "webdataset"
 #: Catalog columns kept in the export, in order (after ``image``); the manifest's own columns follow.
 EXPORTED_CATALOG_COLUMNS: tuple[str, ...] = (
     "id",
@@ -108,6 +111,7 @@ def export_dataset(
     settings: Mapping[str, Any] | None = None,
     max_shard_bytes: int = 256 * 1024 * 1024,
     destination_options: Mapping[str, Any] | None = None,
+    webdataset: bool = False,
 ) -> ExportSummary:
     """Export the catalog's successful image rows to ``destination`` as a Parquet dataset with a card.
 
@@ -118,6 +122,8 @@ def export_dataset(
     dots). ``settings`` are extra generation settings written into the card. Shards hold at most
     ``max_shard_bytes`` of image bytes (from the catalog's ``bytes`` column), at least one row. Video
     and audio rows, and rows that are not successes, are skipped and counted in the summary.
+    ``webdataset`` also writes each shard as a WebDataset tar under ``webdataset/<split>/`` (same
+    names, ``.tar``), kept incrementally like the Parquet shards (and removed when turned off).
     Raises ``ValueError`` for an invalid split name, or
     when a durable copy is missing or its sha256 is not the catalog's.
     """
@@ -141,27 +147,34 @@ def export_dataset(
         shard.fingerprint = _fingerprint(shard.rows, schema_text)
 
     old = _load_state(fs, f"{root}/{STATE_FILE}")
-    existing = (
-        {_relative(p, root) for p in fs.find(f"{root}/{DATA_DIR}")}
-        if fs.exists(f"{root}/{DATA_DIR}")
-        else set()
-    )
+    existing: set[str] = set()
+    for folder in (DATA_DIR, WEBDATASET_DIR):
+        if fs.exists(f"{root}/{folder}"):
+            existing |= {_relative(p, root) for p in fs.find(f"{root}/{folder}")}
     state: dict[str, Any] = {"format": EXPORT_FORMAT, "shards": {}}
+    wanted: set[str] = set()
     for shard in shards:
-        previous = old.get(shard.name, {})
-        if previous.get("fingerprint") == shard.fingerprint and shard.name in existing:
-            summary.shards_kept.append(shard.name)
-        else:
-            data = _shard_bytes(store, shard, rows, schema)
-            atomic_write(fs, f"{root}/{shard.name}", data)
-            summary.shards_written.append(shard.name)
-        state["shards"][shard.name] = {
-            "fingerprint": shard.fingerprint,
-            "rows": len(shard.rows),
-            "split": shard.split,
-            "batch": shard.batch,
-        }
-    wanted = {s.name for s in shards}
+        targets = [(shard.name, "parquet")]
+        if webdataset:
+            targets.append((_tar_name(shard.name), "webdataset"))
+        images: list[dict[str, Any]] | None = None
+        for name, kind in targets:
+            wanted.add(name)
+            if old.get(name, {}).get("fingerprint") == shard.fingerprint and name in existing:
+                summary.shards_kept.append(name)
+            else:
+                images = _images(store, shard, rows) if images is None else images
+                data = (
+                    _parquet_bytes(shard, images, schema) if kind == "parquet" else _tar_bytes(shard, images)
+                )
+                atomic_write(fs, f"{root}/{name}", data)
+                summary.shards_written.append(name)
+            state["shards"][name] = {
+                "fingerprint": shard.fingerprint,
+                "rows": len(shard.rows),
+                "split": shard.split,
+                "batch": shard.batch,
+            }
     for name in sorted((existing | set(old)) - wanted):
         if name in existing:
             fs.rm_file(f"{root}/{name}")
@@ -171,7 +184,7 @@ def export_dataset(
     summary.rows_per_split = (
         {s: int(n) for s, n in sorted(Counter(rows["_split"]).items())} if len(rows) else {}
     )
-    card = _card(catalog, frame, schema, shards, summary, settings)
+    card = _card(catalog, frame, schema, shards, summary, settings, webdataset=webdataset)
     atomic_write(fs, f"{root}/{CARD_FILE}", card.encode())
     atomic_write(fs, f"{root}/{STATE_FILE}", json.dumps(state, indent=1, sort_keys=True).encode())
     return summary
@@ -320,8 +333,8 @@ def _fingerprint(rows: pd.DataFrame, schema_text: str) -> str:
     return digest.hexdigest()
 
 
-def _shard_bytes(store: TaskStore, shard: _Shard, rows: pd.DataFrame, schema: pa.Schema) -> bytes:
-    """The shard's Parquet file: its rows with their durable copies embedded."""
+def _images(store: TaskStore, shard: _Shard, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """The shard's durable copies, checked against the catalog's sha256: ``{bytes, path}`` per row."""
     uris = [str(rows.at[pos, "image_uri"]) for pos in shard.rows.index]
     # One call for the shard's copies: concurrent on object stores (s3fs), a loop on local disks.
     found = store.fs.cat([store.normalize(uri) for uri in uris], on_error="return")
@@ -336,12 +349,41 @@ def _shard_bytes(store: TaskStore, shard: _Shard, rows: pd.DataFrame, schema: pa
                 f"export: {uri} (row {rows.at[pos, 'id']!r}) does not match the catalog's sha256"
             )
         images.append({"bytes": data, "path": uri.rsplit("/", 1)[-1]})
+    return images
+
+
+def _parquet_bytes(shard: _Shard, images: list[dict[str, Any]], schema: pa.Schema) -> bytes:
+    """The shard's Parquet file: its rows with their durable copies embedded."""
     table = pa.Table.from_pandas(shard.rows, schema=schema.remove(0), preserve_index=False, safe=False)
     table = table.add_column(0, schema.field("image"), pa.array(images, type=schema.field("image").type))
     table = table.replace_schema_metadata(schema.metadata)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, row_group_size=100)
     return buffer.getvalue()
+
+
+def _tar_bytes(shard: _Shard, images: list[dict[str, Any]]) -> bytes:
+    """The shard as a WebDataset tar: ``{key}.{png,jpg,...}`` and ``{key}.json`` per row, in row order.
+
+    The key is ``{id}-{result_index}`` with dots replaced (WebDataset splits a name at its first dot);
+    the JSON holds the row's exported columns. Members have a fixed mtime, so equal rows give equal tars.
+    """
+    buffer = io.BytesIO()
+    records = shard.rows.astype(object).where(shard.rows.notna(), None).to_dict("records")
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for record, image in zip(records, images, strict=True):
+            key = re.sub(r"[^\w\-]", "_", f"{record.get('id')}-{record.get('result_index') or 0}")
+            ext = image["path"].rsplit(".", 1)[-1].lower() if "." in image["path"] else "png"
+            meta = json.dumps(record, default=str, ensure_ascii=False).encode()
+            for name, data in ((f"{key}.{ext}", image["bytes"]), (f"{key}.json", meta)):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _tar_name(parquet_name: str) -> str:
+    return WEBDATASET_DIR + parquet_name[len(DATA_DIR) : -len(".parquet")] + ".tar"
 
 
 def _kie_pipeline_version() -> str:
@@ -358,6 +400,8 @@ def _card(
     shards: list[_Shard],
     summary: ExportSummary,
     settings: Mapping[str, Any] | None,
+    *,
+    webdataset: bool = False,
 ) -> str:
     """The dataset card: YAML configs (data_files per split), then the schema and generation settings."""
     splits = sorted({s.split for s in shards})
@@ -378,6 +422,14 @@ def _card(
         'ds = datasets.load_dataset("<this folder>")',
         "```",
         "",
+    ]
+    if webdataset:
+        lines += [
+            f"The same shards as WebDataset tars are under `{WEBDATASET_DIR}/<split>/*.tar`: per row "
+            "`{key}.png` (or `.jpg`...) and `{key}.json` (the row's columns), key = `{id}-{result_index}`.",
+            "",
+        ]
+    lines += [
         "## Splits",
         "",
         "| split | rows |",
