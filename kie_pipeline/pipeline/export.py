@@ -445,8 +445,7 @@ def _card(
             else COLUMN_DESCRIPTIONS.get(f.name, "From the manifest")
         )
         lines.append(f"| {f.name} | {kind} | {description} |")
-    success = frame
-    models = Counter(success["model"].astype(str)) if "model" in success and len(success) else Counter()
+    models = Counter(frame["model"].astype(str)) if "model" in frame and len(frame) else Counter()
     prompts = int(catalog["id"].nunique()) if "id" in catalog else 0
     lines += [
         "",
