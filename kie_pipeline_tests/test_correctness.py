@@ -215,7 +215,8 @@ def test_every_result_url_is_copied_with_its_index(env, emulator, instance, n) -
     assert rerun["images_reused"] == 3 and rerun["results"] == 3 * n
     assert emulator.emulator.snapshot()["downloads"] == downloads and created(emulator) == 5
     checks = {e.check_name: e.passed for e in pipe.catalog().get_asset_check_evaluations()}
-    assert checks == {"catalog_copies_match": True, "catalog_ids_unique": True}
+    # (The emulator draws a task's results alike, colours apart: no_near_duplicates may warn here.)
+    assert checks["catalog_copies_match"] and checks["catalog_ids_unique"] and "no_near_duplicates" in checks
 
 
 # -- 8. results past Kie's retention ------------------------------------------------------------
