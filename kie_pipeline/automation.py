@@ -118,13 +118,14 @@ def build_manifest_sensor(
 def build_automation_sensors(
     pipeline: PipelineAssets,
     settings: AutomationSettings,
-    expanded: dg.AssetsDefinition | None = None,
+    free: list[dg.AssetsDefinition] | None = None,
     template: str | None = None,
 ) -> list[dg.SensorDefinition]:
-    """The manifest sensor and the two automation condition sensors of ``pipeline`` (with
-    ``expanded``, the asset that writes its manifest from ``template``, refreshed like the rest)."""
+    """The manifest sensor and the two automation condition sensors of ``pipeline``; ``free`` are
+    more assets that spend no credits (the expanded manifest of ``template``, the export), refreshed
+    like prompt_manifest and image_catalog."""
     names = pipeline.names
-    free = [pipeline.prompt_manifest, pipeline.image_catalog, *([expanded] if expanded else [])]
+    free = [pipeline.prompt_manifest, pipeline.image_catalog, *(free or [])]
     return [
         build_manifest_sensor(names, settings.refresh, template),
         dg.AutomationConditionSensorDefinition(

@@ -37,6 +37,7 @@ from .automation import (
     build_nightly_schedule,
     manifest_file_spec,
 )
+from .export_asset import build_export_asset
 from .names import PipelineNames
 from .pipeline.dedup import DEFAULT_THRESHOLD
 from .pipeline.manifest import ManifestOptions
@@ -141,6 +142,14 @@ class KiePipelineComponent(dg.Component, dg.Model, dg.Resolvable):
     split_column: str = Field(
         default="split", description="The manifest column of train/val/test splits (for near-duplicates)."
     )
+    export_to: str | None = Field(
+        default="export",
+        description="Where training_dataset exports the catalog's images for Hugging Face datasets: a "
+        "folder under the store, or a URL; null: no export.",
+    )
+    export_webdataset: bool = Field(
+        default=False, description="Also write each export shard as a WebDataset tar."
+    )
     near_duplicate_bits: int = Field(
         default=DEFAULT_THRESHOLD,
         ge=0,
@@ -185,6 +194,15 @@ class KiePipelineComponent(dg.Component, dg.Model, dg.Resolvable):
             near_duplicates=self.near_duplicate_bits,
             split_column=self.split_column,
         )
+        if self.export_to is not None:
+            exported = build_export_asset(
+                names,
+                self.export_to,
+                split_column=self.split_column,
+                webdataset=self.export_webdataset,
+                condition=CATALOG_CONDITION,
+            )
+            extra.append(exported)
         store = store_resource(_under(context.project_root, self.store), self.store_options)
         resources = pipeline_resources(
             names,
@@ -197,7 +215,9 @@ class KiePipelineComponent(dg.Component, dg.Model, dg.Resolvable):
         return dg.Definitions(
             assets=[*extra, *pipeline.assets],
             asset_checks=list(pipeline.checks),
-            sensors=build_automation_sensors(pipeline, settings, expanded, template),
+            sensors=build_automation_sensors(
+                pipeline, settings, [a for a in extra if isinstance(a, dg.AssetsDefinition)], template
+            ),
             schedules=[build_nightly_schedule(pipeline, settings)],
             resources={"kie": shared_kie_resource(), **resources},
         )

@@ -113,6 +113,7 @@ def test_the_repo_is_a_dg_project_built_by_its_component(env: Path) -> None:
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
         "manifest_file", "prompt_manifest", "generated_images", "image_catalog", "kie_account",
+        "training_dataset",
     }  # fmt: skip
     assert set(defs.resources or {}) >= {"kie", "dataset", "parquet_io"}
 
@@ -196,14 +197,22 @@ def test_automation_follows_the_manifest_and_refreshes_the_catalog(env: Path, in
     # What a daemon would launch: each batch (by automation or a UI backfill), and the catalog.
     pipe.batch("animals")
     pipe.batch("cities")
-    pipe.catalog()
+    # The catalog and its export, in one run as the daemon launches them (both unpartitioned).
+    downstream = dg.AssetSelection.assets("image_catalog", "training_dataset")
+    everything = [*(defs.assets or []), *(defs.asset_checks or [])]
+
+    def refresh() -> None:
+        dg.materialize(everything, selection=downstream, resources=defs.resources, instance=instance)
+
+    refresh()
     result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
-    assert result.total_requested == 0  # the catalog was built after the batches: up to date
-    # A backfill of one batch from the UI (a rerun): the catalog refreshes after it, once.
+    assert result.total_requested == 0  # built after the batches: everything is up to date
+    # A backfill of one batch from the UI (a rerun): the catalog and the export refresh after it, once.
     pipe.batch("cities")
     result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
-    assert _requested(result, "image_catalog") == {None} and result.total_requested == 1
-    pipe.catalog()
+    assert _requested(result, "image_catalog") == _requested(result, "training_dataset") == {None}
+    assert result.total_requested == 2
+    refresh()
     result = dg.evaluate_automation_conditions(defs, instance, cursor=result.cursor)
     assert result.total_requested == 0
 
@@ -223,7 +232,7 @@ def test_nothing_that_spends_credits_starts_by_itself(env: Path) -> None:
     refresh = defs.get_sensor_def("refresh_automation")
     graph = defs.resolve_asset_graph()
     targeted = refresh.asset_selection.resolve(graph)
-    assert targeted == {dg.AssetKey("prompt_manifest"), dg.AssetKey("image_catalog")}
+    assert targeted == {dg.AssetKey(k) for k in ("prompt_manifest", "image_catalog", "training_dataset")}
 
 
 def test_a_changed_manifest_is_reported_again(env: Path, instance) -> None:
@@ -332,6 +341,19 @@ def test_a_template_expands_into_the_manifest_upstream_and_an_edit_pays_only_for
     run("t/prompt_manifest")
     run("t/generated_images", "animals")
     assert emulator.emulator.snapshot()["created"] == 3
+    # On to a training set: the catalog, its export, loaded by Hugging Face datasets.
+    run("t/image_catalog")
+    md = run("t/training_dataset").asset_materializations_for_node("t__training_dataset")[0].metadata
+    import datasets
+
+    loaded = datasets.load_dataset(md["path"].value)
+    assert md["rows"].value == 3 and loaded["train"].num_rows == 3
+    assert sorted(loaded["train"]["prompt"]) == [
+        "A red fox at dawn",
+        "A red fox at dusk",
+        "A red fox at noon",
+    ]
+    assert loaded["train"][0]["image"].size[0] > 0  # decoded as an image
 
 
 def test_an_invalid_template_fails_its_asset_and_keeps_the_manifest(env: Path, instance) -> None:

@@ -200,8 +200,9 @@ print(json.dumps({"on_import": before, "on_load": sorted(set(reads)), "assets": 
 """
     result = _fresh_python(code, KIE_STORE=str(tmp_path / "store"))
     assert result["on_import"] == [] and "KIE_STORE" in result["on_load"]
-    # The three assets and the account, and the manifest file's external asset (automation only).
-    assert result["assets"] == result["defined"] + 1 >= 5
+    # The three assets and the account, the manifest file's external asset (automation only) and
+    # the training dataset's export.
+    assert result["assets"] == result["defined"] + 2 >= 6
 
 
 def test_mutation_groups_name_files_and_tests_that_exist() -> None:
