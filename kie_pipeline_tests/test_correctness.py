@@ -63,8 +63,9 @@ def test_catalog_zero_one_many_from_the_cli(env, emulator, tmp_path) -> None:
     dagster = str(Path(sys.executable).parent / "dagster")
     base = [dagster, "asset", "materialize", "-m", "kie_pipeline.definitions", "--select"]
 
-    # The CLI's default executor starts a process per step (~4 s each here); the runs before the last
-    # batch take the in-process executor, so the last batch and catalog run exactly as a user types them.
+    # The CLI's default executor starts a process per step (~4 s each here); the runs before the final
+    # catalog take the in-process executor, so the catalog runs exactly as a user types it (and
+    # test_pool_slots runs generated_images through the CLI's default executor).
     in_process = ["--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})]
 
     def run(*args: str) -> None:
@@ -79,7 +80,7 @@ def test_catalog_zero_one_many_from_the_cli(env, emulator, tmp_path) -> None:
     assert list(table["state"]) == ["success", "success"]
     run("image_catalog", *in_process)
     assert sorted(catalog_of(env)["id"]) == ["paris", "tokyo"]
-    run("generated_images", "--partition", "animals")
+    run("generated_images", "--partition", "animals", *in_process)
     run("image_catalog")
     assert len(catalog_of(env)) == 5
 
