@@ -32,16 +32,15 @@ pipeline will (:func:`~.manifest.validate_manifest`) before anything is written.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
+import io
 import itertools
 import json
 import math
 import os
 import re
 import string
-import tempfile
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from .manifest import (
     validate_manifest,
 )
 from .schema import RESERVED_NAMES
+from .store import write_atomically
 
 #: Rows a template may expand to unless the caller allows more (``--max-rows``).
 DEFAULT_MAX_ROWS = 100_000
@@ -661,8 +661,8 @@ def _by_template_field(problems: list[Problem], template: Template, rows: int, s
 
 
 def write_manifest_file(df: pd.DataFrame, path: str) -> None:
-    """Write ``df`` to ``path`` (``.csv``, or ``.parquet``/``.pq``) atomically: a temporary file in the
-    same folder, renamed over ``path`` once complete (a reader never sees half a manifest).
+    """Write ``df`` to ``path`` (``.csv``, or ``.parquet``/``.pq``) atomically, with the store's
+    writer (:func:`~.store.write_atomically`): a reader never sees half a manifest.
 
     Raises:
         ValueError: ``path`` has another extension.
@@ -672,20 +672,15 @@ def write_manifest_file(df: pd.DataFrame, path: str) -> None:
     if not lower.endswith((".csv", ".parquet", ".pq")):
         raise ValueError(f"{path}: the output must end in .csv, .parquet or .pq")
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".expand-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if lower.endswith(".csv"):
-                fh.write(df.to_csv(index=False).encode("utf-8"))
-            else:
-                df.astype("string").to_parquet(fh, index=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if lower.endswith(".csv"):
+        data = df.to_csv(index=False).encode("utf-8")
+    else:
+        buf = io.BytesIO()
+        df.astype("string").to_parquet(buf, index=False)
+        data = buf.getvalue()
+    write_atomically(path, data)
 
 
 def summary(template: Template, df: pd.DataFrame) -> str:
