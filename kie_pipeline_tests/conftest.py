@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -86,8 +87,19 @@ def env(tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatc
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def empty_instance_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Dagster instance folder with its sqlite schemas created, made once: each test's instance
+    starts as a copy (creating the schemas takes ~0.4 s, copying them ~0.05 s)."""
+    home = tmp_path_factory.mktemp("empty_instance_home")
+    with dg.DagsterInstance.local_temp(tempdir=str(home)) as inst:
+        inst.get_dynamic_partitions("batches")  # touches every storage
+    return home
+
+
 @pytest.fixture
-def instance(env: Path) -> Iterator[dg.DagsterInstance]:
+def instance(env: Path, empty_instance_home: Path) -> Iterator[dg.DagsterInstance]:
     """A real Dagster instance (sqlite) in ``env / "home"``, which subprocesses can open too."""
+    shutil.copytree(empty_instance_home, env / "home", dirs_exist_ok=True)
     with dg.DagsterInstance.local_temp(tempdir=str(env / "home")) as inst:
         yield inst
