@@ -16,6 +16,8 @@ import pytest
 from kie_pipeline.client import AsyncKieClient, PollPolicy, RetryPolicy
 from kie_pipeline.emulator import EmulatorConfig, EmulatorServer
 
+from .postgres import PostgresServer, running_postgres, why_no_postgres
+
 #: Client settings that keep tests fast: quick polls and backoffs (never wall-clock assertions).
 FAST_POLL = PollPolicy(initial_s=0.02, max_s=0.1)
 FAST_RETRY = RetryPolicy(backoff_initial_s=0.01, backoff_max_s=0.2)
@@ -103,3 +105,13 @@ def instance(env: Path, empty_instance_home: Path) -> Iterator[dg.DagsterInstanc
     shutil.copytree(empty_instance_home, env / "home", dirs_exist_ok=True)
     with dg.DagsterInstance.local_temp(tempdir=str(env / "home")) as inst:
         yield inst
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on loopback for the whole session (skipped where none can start)."""
+    reason = why_no_postgres()
+    if reason:
+        pytest.skip(reason)
+    with running_postgres() as server:
+        yield server
