@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/throughput.py             # all parts, N = 200
     .venv/bin/python benchmarks/throughput.py --part paced --n 200
+    .venv/bin/python benchmarks/throughput.py --part paced --n 60 --latency 5    # fixed 5 s tasks
 
 Parts:
   paced       N rows through the real asset code, emulator at Kie's limits (20 createTask / 10 s,
-              10 polls / s) and latency uniform 5-15 s: wall time vs the lower bound, calls per
-              image, 429s, peak RSS.
+              10 polls / s) and latency uniform 5-15 s (``--latency MIN,MAX``, or ``--latency S``
+              for fixed S-second tasks): wall time vs the lower bound, calls per image, 429s,
+              peak RSS.
   sequential  the hand-written loop of Kie's usage flow (create, poll every 3 s, download), 10 rows.
   overhead    1000 rows, no latency, no rate limit: the pipeline's own cost per image.
   rerun       re-materializing the finished 1000-row partition: createTask calls and asset time.
@@ -30,7 +32,8 @@ import httpx
 import pandas as pd
 from _harness import KIE_LIMITS, UNLIMITED, emulator_process, materialize, point_at
 
-#: Must match KIE_LIMITS: the bound is computed from them.
+#: Must match KIE_LIMITS (LATENCY is its default task latency, --latency another): the bound is
+#: computed from them.
 LIMIT, PERIOD, LATENCY = 20, 10.0, (5.0, 15.0)
 
 
@@ -38,9 +41,26 @@ def stats(url: str) -> dict:
     return httpx.get(f"{url}/emulator/stats").json()
 
 
-def paced(n: int, *, callbacks: bool = False) -> None:
+def emulator_args(latency: tuple[float, float]) -> tuple[str, ...]:
+    """KIE_LIMITS with the emulator's task latency replaced by ``latency`` (MIN, MAX seconds)."""
+    args = list(KIE_LIMITS)
+    args[args.index("--latency") + 1] = f"{latency[0]:g},{latency[1]:g}"
+    return tuple(args)
+
+
+def parse_latency(text: str) -> tuple[float, float]:
+    """``5,15`` (uniform) or ``5`` (every task takes 5 s)."""
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not 0 <= parts[0] <= parts[1]:
+        raise argparse.ArgumentTypeError(f"--latency must be S or MIN,MAX seconds, not {text!r}")
+    return parts[0], parts[1]
+
+
+def paced(n: int, *, callbacks: bool = False, latency: tuple[float, float] = LATENCY) -> None:
     with (
-        emulator_process(*KIE_LIMITS) as url,
+        emulator_process(*emulator_args(latency)) as url,
         tempfile.TemporaryDirectory() as work,
         dg.instance_for_test() as inst,
         contextlib.ExitStack() as stack,
@@ -60,15 +80,15 @@ def paced(n: int, *, callbacks: bool = False) -> None:
         md = materialize(inst, "generated_images", "part00", **kie)
         wall = time.monotonic() - t0
         s = stats(url)
-    bound = (math.ceil(n / LIMIT) - 1) * PERIOD + LATENCY[1]
+    bound = (math.ceil(n / LIMIT) - 1) * PERIOD + latency[1]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     how = "callbacks to a receiver, recordInfo as fallback" if callbacks else "polling"
-    print(
-        f"paced, N={n}, emulator at {LIMIT} createTask/{PERIOD:g} s, latency uniform {LATENCY[0]:g}-{LATENCY[1]:g} s, {how}"
-    )
+    lo, hi = latency
+    spread = f"fixed {lo:g} s" if lo == hi else f"uniform {lo:g}-{hi:g} s"
+    print(f"paced, N={n}, emulator at {LIMIT} createTask/{PERIOD:g} s, latency {spread}, {how}")
     print(f"  wall time            {wall:8.1f} s   (asset elapsed {md['elapsed_s']} s)")
     print(
-        f"  lower bound          {bound:8.1f} s   ((ceil(N/{LIMIT})-1)*{PERIOD:g} s + slowest task {LATENCY[1]:g} s)"
+        f"  lower bound          {bound:8.1f} s   ((ceil(N/{LIMIT})-1)*{PERIOD:g} s + slowest task {hi:g} s)"
     )
     print(f"  ratio                {wall / bound:8.3f}")
     print(f"  createTask / image   {s['create_requests'] / n:8.2f}")
@@ -189,9 +209,15 @@ def main() -> None:
     p.add_argument(
         "--callbacks", action="store_true", help="paced: wait on callbacks (a receiver) instead of polls"
     )
+    p.add_argument(
+        "--latency",
+        type=parse_latency,
+        default=LATENCY,
+        help="paced: task latency, MIN,MAX seconds (uniform) or S (fixed); default 5,15",
+    )
     a = p.parse_args()
     if a.part in ("paced", "all"):
-        paced(a.n, callbacks=a.callbacks)
+        paced(a.n, callbacks=a.callbacks, latency=a.latency)
     if a.part in ("sequential", "all"):
         sequential(10, a.n)
     if a.part in ("overhead", "all"):
