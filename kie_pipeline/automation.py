@@ -2,7 +2,7 @@
 
 - ``manifest_file``: the manifest as an external asset. The ``manifest_sensor`` reports a new
   version of it (a materialization whose data version is the file's sha256) when the file changes;
-  it starts no run and reads nothing but the file.
+  it starts no run, and reads the file only when its size or modification stamp changed.
 - ``prompt_manifest`` follows ``manifest_file`` and ``image_catalog`` follows every batch of
   ``generated_images`` (an :class:`~dagster.AutomationCondition` each, evaluated by the
   ``refresh_automation`` sensor). Neither spends credits: on by default.
@@ -17,6 +17,7 @@ never generated from a snapshot that does not hold it.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import dagster as dg
@@ -67,12 +68,45 @@ def manifest_file_spec(names: PipelineNames) -> dg.AssetSpec:
     )
 
 
-def _digest(path: str) -> str | None:
+def _signature(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """Size and modification stamp of ``path`` from one metadata call (a stat, an S3 HEAD), or
+    None when the filesystem gives no stamp (the file is then hashed on every tick)."""
+    info = fs.info(path)
+    stamp = next((info[k] for k in ("ETag", "mtime", "LastModified", "last_modified") if info.get(k)), None)
+    return None if stamp is None else f"{info.get('size')}:{stamp}"
+
+
+def _read_cursor(cursor: str | None) -> tuple[str | None, str | None]:
+    """(signature, sha256) from the sensor's cursor; a bare digest is the cursor of older versions."""
+    if not cursor:
+        return None, None
     try:
-        with fsspec.open(path, "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest()
+        seen = json.loads(cursor)
+    except ValueError:
+        return None, cursor
+    return (seen.get("signature"), seen.get("sha256")) if isinstance(seen, dict) else (None, cursor)
+
+
+def _check(path: str, cursor: str | None) -> tuple[str | None, str | None, bool]:
+    """(signature, sha256, changed) of the file at ``path``; sha256 None when it does not exist.
+
+    The sensor ticks every 30 s and a manifest may hold millions of rows: the file is read and
+    hashed only when its size or stamp moved since the last tick (the data version stays the hash,
+    so a file rewritten with the same content is no new version).
+    """
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    old_signature, old_digest = _read_cursor(cursor)
+    try:
+        signature = _signature(fs, fs_path)
+        if signature is not None and signature == old_signature and old_digest:
+            return signature, old_digest, False
+        with fs.open(fs_path, "rb") as fh:
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
     except FileNotFoundError:
-        return None
+        return None, None, False
+    return signature, digest.hexdigest(), digest.hexdigest() != old_digest
 
 
 def _status(on: bool) -> dg.DefaultSensorStatus:
@@ -100,17 +134,22 @@ def build_manifest_sensor(
         # (Dagster hands required resources as keyword arguments when a sensor is called directly.)
         dataset: DatasetResource = getattr(context.resources, names.dataset)
         path = template or dataset.manifest
-        digest = _digest(path)
+        signature, digest, changed = _check(path, context.cursor)
+        what = "template" if template else "manifest"
         if digest is None:
-            return dg.SkipReason(f"No {'template' if template else 'manifest'} at {path}.")
-        if digest == context.cursor:
-            return dg.SkipReason(f"The {'template' if template else 'manifest'} has not changed.")
+            return dg.SkipReason(f"No {what} at {path}.")
+        cursor = json.dumps({"signature": signature, "sha256": digest})
+        if not changed:
+            if cursor == context.cursor:
+                return dg.SkipReason(f"The {what} has not changed.")
+            # Touched, same content: remember the new stamp (no read next tick), report nothing.
+            return dg.SensorResult(skip_reason=f"The {what} has not changed.", cursor=cursor)
         event = dg.AssetMaterialization(
             file_key,
             metadata={"path": path, "sha256": digest},
             tags={"dagster/data_version": digest},
         )
-        return dg.SensorResult(asset_events=[event], cursor=digest)
+        return dg.SensorResult(asset_events=[event], cursor=cursor)
 
     return manifest_sensor
 
