@@ -6,7 +6,8 @@
 - Kie's File Upload API on the same port (``POST /api/file-stream-upload``, ``file-base64-upload``,
   ``file-url-upload``; uploaded files at ``GET /tempfile/...``): see :mod:`.uploads`.
 - ``GET /emulator/stats`` and ``POST /emulator/config`` (counters and run-time settings, for tests and
-  benchmarks; the server binds to loopback only).
+  benchmarks; the server binds to loopback only); ``GET /emulator/arrivals`` (the Unix time of every
+  createTask arrival, for benchmarks that measure how fully the limit was used).
 
 Result files are kept ``retention`` seconds after completion (Kie: 14 days); after that they answer 404
 and download-url refuses them with code 404.
@@ -228,6 +229,12 @@ def build_app(emu: Emulator) -> Starlette:
     async def stats(request: Request) -> Response:
         return JSONResponse(emu.snapshot())
 
+    async def arrivals(request: Request) -> Response:
+        # Read-only: the Unix time of every createTask arrival (past auth, before the 429 check).
+        with emu.lock:
+            times = list(emu.create_arrival_times)
+        return JSONResponse({"createTask": times})
+
     async def config(request: Request) -> Response:
         try:
             emu.config.update(await request.json())
@@ -243,6 +250,7 @@ def build_app(emu: Emulator) -> Starlette:
         Route("/api/v1/common/download-url", download_url, methods=["POST"]),
         Route("/files/{name}", files, methods=["GET"]),
         Route("/emulator/stats", stats, methods=["GET"]),
+        Route("/emulator/arrivals", arrivals, methods=["GET"]),
         Route("/emulator/config", config, methods=["POST"]),
         *upload_routes(emu, _authorized),
     ]
