@@ -57,14 +57,16 @@ class AutomationSettings:
     nightly_cron: str = "0 2 * * *"
 
 
-def manifest_file_spec(names: PipelineNames) -> dg.AssetSpec:
-    """The manifest file, as an external asset upstream of ``prompt_manifest``."""
+def manifest_file_spec(names: PipelineNames, template: bool = False) -> dg.AssetSpec:
+    """The file the manifest comes from, as an external asset upstream of the manifest's asset: the
+    manifest file itself (CSV or Parquet), or with ``template`` the YAML template it is expanded from."""
+    what = "manifest's template (YAML)" if template else "manifest file (CSV or Parquet)"
     return dg.AssetSpec(
-        names.key("manifest_file"),
+        names.key("manifest_template" if template else "manifest_file"),
         group_name=names.group,
-        kinds={"csv"},
-        description="The manifest file (CSV or Parquet). The manifest sensor records a new version "
-        "(data version: its sha256) each time the file changes.",
+        kinds={"yaml" if template else "csv"},
+        description=f"The {what}. The manifest sensor records a new version (data version: its "
+        "sha256) each time the file changes.",
     )
 
 
@@ -118,7 +120,7 @@ def build_manifest_sensor(
 ) -> dg.SensorDefinition:
     """The sensor that records a new version of ``manifest_file`` (or, for a pipeline whose manifest
     is expanded from ``template``, of ``manifest_template``) when the file's content changes."""
-    file_key = names.key("manifest_template" if template else "manifest_file")
+    file_key = manifest_file_spec(names, template is not None).key
 
     @dg.sensor(
         name=names.sensor("manifest_sensor"),

@@ -42,7 +42,7 @@ from .names import PipelineNames
 from .pipeline.dedup import DEFAULT_THRESHOLD
 from .pipeline.manifest import ManifestOptions
 from .settings import pipeline_resources, shared_kie_resource, store_resource
-from .template_asset import build_template_asset, template_spec
+from .template_asset import build_template_asset
 
 _AUTOMATION_DEFAULTS = AutomationSettings()
 
@@ -178,10 +178,9 @@ class KiePipelineComponent(dg.Component, dg.Model, dg.Resolvable):
             if "://" in manifest or "://" in template:
                 raise ValueError(f"{context.path}: with a template, manifest and template are local paths")
             expanded = build_template_asset(names, template, manifest, MANIFEST_CONDITION)
-            extra = [template_spec(names), expanded]
+            extra = [manifest_file_spec(names, template=True), expanded]
             upstream = expanded.key
         else:
-            expanded = None
             extra = [manifest_file_spec(names)]
             upstream = extra[0].key
         pipeline = build_pipeline_assets(

@@ -18,17 +18,6 @@ from .pipeline.manifest import ManifestError, read_manifest
 from .pipeline.templates import expand_template, load_template, summary, write_manifest_file
 
 
-def template_spec(names: PipelineNames) -> dg.AssetSpec:
-    """The template file, as an external asset upstream of ``expanded_manifest``."""
-    return dg.AssetSpec(
-        names.key("manifest_template"),
-        group_name=names.group,
-        kinds={"yaml"},
-        description="The manifest's template (YAML). The manifest sensor records a new version (data "
-        "version: its sha256) each time the file changes.",
-    )
-
-
 def build_template_asset(
     names: PipelineNames,
     template: str,
