@@ -134,6 +134,11 @@ class _Group(click.Group):
         return list(self.commands)
 
 
+def _limit_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--limit``: how many problems the table shows (``expand`` and ``validate``)."""
+    return click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help=help)
+
+
 @click.group(
     "kie-pipeline",
     cls=_Group,
@@ -185,13 +190,7 @@ Examples:
     show_default=True,
     help="Refuse a template that expands to more rows.",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(min=0),
-    default=100,
-    show_default=True,
-    help="Problems shown in the table (0: all).",
-)
+@_limit_option("Problems shown in the table (0: all).")
 def expand(template: str, output: str | None, max_rows: int, limit: int) -> None:
     """Expand TEMPLATE (a YAML file) into a manifest: one row per combination of its slots' values.
 
@@ -253,13 +252,7 @@ Examples:
     show_default=True,
     help="table: to read; json: one object with the summary and every problem, to process.",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(min=0),
-    default=100,
-    show_default=True,
-    help="Problems shown in the table (0: all). The json output always lists every one.",
-)
+@_limit_option("Problems shown in the table (0: all). The json output always lists every one.")
 def validate(manifest: str, output_format: str, limit: int) -> None:
     """Check every row of MANIFEST as the pipeline will, before anything is paid for.
 
