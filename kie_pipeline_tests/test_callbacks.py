@@ -185,8 +185,31 @@ def test_repeated_callbacks_change_nothing(signed, receiver, store) -> None:
     assert summary.succeeded == 2 and usage.polls == 0 and signed.emulator.snapshot()["created"] == 2
     stats = httpx.get(f"{receiver.url}/receiver/stats").json()
     assert (stats["accepted"], stats["duplicates"]) == (2, 4)
-    for key in out["request_key"]:
-        assert CallbackBox(store).task_ids(key) == out.loc[out["request_key"] == key, "task_id"].tolist()
+    records = store.load_many(out["request_key"].tolist())
+    assert {k: r.history() for k, r in records.items()} == {
+        k: [t] for k, t in zip(out["request_key"], out["task_id"], strict=True)
+    }
+
+
+@pytest.mark.parametrize("n", [1, 3])  # (a manifest of zero rows is refused before any run)
+def test_spent_callbacks_are_cleared_and_unsettled_ones_kept(signed, receiver, store, n) -> None:
+    """The watcher lists the whole box on every tick: after a run the box holds only what a later
+    run may still need. A settled row's callbacks are removed (a late duplicate is cleared by the
+    next run); another batch's callbacks and a row not settled keep theirs."""
+    box = CallbackBox(store)
+    other = "e" * 32  # a row of another batch, still in play
+    box.deliver(other, "task-of-another-batch", _staged("task-of-another-batch"))
+    rows = _rows(n)
+    out, summary, usage = _generate(signed, store, rows, fallback_s=30, receiver=receiver)
+    assert summary.succeeded == n and usage.polls == 0
+    assert box.task_ids(other) == ["task-of-another-batch"]
+    assert set(box.scan()) <= {other} | set(rows["request_key"])  # late duplicates at most
+    for key, task in zip(out["request_key"], out["task_id"], strict=True):
+        box.deliver(key, task, _staged(task))  # Kie repeats a callback after the run ended
+    _generate(signed, store, rows, fallback_s=30, receiver=receiver)
+    assert set(box.scan()) == {other}
+    # The rerun reused every row from its record: the cleared callbacks were not needed.
+    assert signed.emulator.snapshot()["created"] == n
 
 
 def test_a_lost_callback_is_covered_by_the_fallback_poll(signed, receiver, store) -> None:

@@ -26,6 +26,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -268,6 +269,22 @@ class CallbackBox:
         for d in deliveries:
             out.extend(b for b in read.get(d.path, []) if b not in out)
         return out
+
+    def prune(self, settled: Callable[[list[str]], list[str]], keys: Iterable[str]) -> int:
+        """Remove the callbacks of the rows among ``keys`` that ``settled`` says are finished for good
+        (their final record is written, copies included); return how many rows were cleared.
+
+        The watcher lists the whole box on every tick, so the box must hold only rows still in play,
+        not every callback ever received. ``settled`` gets the keys that have callbacks and answers
+        with those safe to clear: a row that may still need its callback (its task id unknown, its
+        wait given up) keeps it.
+        """
+        wanted = set(keys)
+        boxed = [k for k in self.scan() if k in wanted]
+        done = settled(boxed) if boxed else []
+        if done:
+            self.store.fs.rm([self._folder(k) for k in done], recursive=True)
+        return len(done)
 
     def task_ids(self, request_key: str) -> list[str]:
         """Every task id a callback delivered for a row, oldest delivery first (by the time of

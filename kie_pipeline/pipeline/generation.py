@@ -148,6 +148,14 @@ class _Batch(SubmittingBatch):
             reporter.cancel()
         if self.adopted_keys:
             await asyncio.to_thread(self._forget_adopted)
+        await asyncio.to_thread(self.box.prune, self._settled, [r["request_key"] for r in rows])
+
+    def _settled(self, keys: list[str]) -> list[str]:
+        """(In a thread.) The rows among ``keys`` whose final record is written: their callbacks
+        are spent (a ``timeout`` or ``uncertain`` row keeps its own for the next run to adopt)."""
+        records = self.store.load_many(keys)
+        final = (RecordStatus.SUCCESS, RecordStatus.FAIL)
+        return [k for k in keys if (rec := records.get(k)) is not None and rec.status in final]
 
     async def _repair(self, rows: list[dict[str, Any]], existing: dict[str, RequestRecord]) -> None:
         """Before planning: rebuild damaged records and adopt tasks an earlier run could not record."""
