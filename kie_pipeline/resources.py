@@ -84,7 +84,16 @@ class KieResource(dg.ConfigurableResource):
         default="",
         description="Folder of the rate-limit windows shared by every run on this machine; empty: "
         "kie-pipeline/ in this machine's temporary folder (resolved when a run starts); None: per "
-        "process. Across machines, give each one a share: limits.create_limit = 20 / machines.",
+        "process. Ignored when rate_limit_url is set; across machines without it, give each one a "
+        "share: limits.create_limit = 20 / machines.",
+    )
+    rate_limit_url: str | None = Field(
+        default=None,
+        repr=False,
+        description="PostgreSQL URL of the account-wide rate-limit windows, shared by every run on every "
+        "machine (each run may then use the whole limit); set with EnvVar('KIE_COORDINATION_URL'). "
+        "Takes precedence over rate_limit_dir. A secret: never logged; errors show it with the "
+        "password masked. Needs psycopg2 (pip install 'kie-pipeline[cluster]').",
     )
 
     def callback_settings(self) -> CallbackSettings | None:
@@ -112,6 +121,7 @@ class KieResource(dg.ConfigurableResource):
             poll=self.poll,
             max_download_bytes=self.max_download_mb * 1024 * 1024,
             shared_limit_dir=self._limit_dir(),
+            shared_limit_url=self.rate_limit_url or None,
             upload_url=self.upload_url,
         )
 

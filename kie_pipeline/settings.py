@@ -8,6 +8,11 @@
   secret it runs with (optional: without them, tasks are polled).
 - ``KIE_LOW_BALANCE``: the ``kie_account`` check warns below this balance (default 1000 credits).
 - ``KIE_CREATE_LIMIT`` / ``KIE_POLL_LIMIT``: this machine's share of the account's rate limits.
+- ``KIE_COORDINATION_URL``: a PostgreSQL URL (``postgresql://user:password@host:5432/db``, e.g. the
+  Dagster instance's database) where every machine shares the account's rate-limit windows (each
+  run may then use the whole limit). Read through ``EnvVar``: a secret, never logged or put in
+  metadata; errors show it with the password masked. Optional: without it the windows are per
+  machine (files).
 - ``KIE_MANIFEST``: the manifest, CSV or Parquet (default ``data/prompts.csv``), for a pipeline
   whose ``manifest`` is not set.
 - ``KIE_STORE``: folder or fsspec URL for results, task records and tables (default
@@ -42,6 +47,7 @@ KIE_VARIABLES = (
     "KIE_LOW_BALANCE",
     "KIE_CREATE_LIMIT",
     "KIE_POLL_LIMIT",
+    "KIE_COORDINATION_URL",
 )
 
 
@@ -63,6 +69,10 @@ def kie_resource(**kie_options: Any) -> KieResource:
         kie_options.setdefault("upload_url", dg.EnvVar("KIE_UPLOAD_URL"))
     if os.environ.get("KIE_LOW_BALANCE"):
         kie_options.setdefault("low_balance_credits", float(os.environ["KIE_LOW_BALANCE"]))
+    if os.environ.get("KIE_COORDINATION_URL"):
+        # Through EnvVar: resolved when a run starts, and Dagster shows the variable's name, not
+        # the URL (which may hold a password).
+        kie_options.setdefault("rate_limit_url", dg.EnvVar("KIE_COORDINATION_URL"))
     if os.environ.get("KIE_CALLBACK_URL"):
         kie_options.setdefault("callback_url", dg.EnvVar("KIE_CALLBACK_URL"))
         if os.environ.get("KIE_CALLBACK_SECRET"):

@@ -4,6 +4,7 @@ from .client import DEFAULT_BASE_URL, AsyncKieClient
 from .errors import (
     KieAuthError,
     KieBadRequestError,
+    KieCoordinationError,
     KieCreateUncertainError,
     KieDownloadError,
     KieError,
@@ -40,6 +41,7 @@ __all__ = [
     "KieAuthError",
     "KieBadRequestError",
     "KieClient",
+    "KieCoordinationError",
     "KieCreateUncertainError",
     "KieDownloadError",
     "KieError",

@@ -32,7 +32,8 @@ from .errors import (
 )
 from .models import DownloadResult, FetchedFile, KieUsage, TaskRecord, UploadedFile
 from .options import PollPolicy, RateLimits, RetryPolicy
-from .ratelimit import SharedSlidingWindowLimiter, SlidingWindowLimiter, shared_limiter_path
+from .pg_window import PostgresSlidingWindowLimiter
+from .ratelimit import SharedSlidingWindowLimiter, SlidingWindowLimiter, account_id, shared_limiter_path
 from .registry import JOBS, MediaType, get_model, validate_input
 from .transport import created_task_id, retrying, transport_error, unwrap_response
 from .upload import (
@@ -94,6 +95,10 @@ class AsyncKieClient:
         max_download_bytes: downloads larger than this are refused.
         shared_limit_dir: when set, the createTask and poll windows live in files under this folder,
             shared by every process on the machine that uses the same account (URL + key).
+        shared_limit_url: a PostgreSQL URL (``KIE_COORDINATION_URL``); when set, the windows live
+            in that database, shared by every process on every machine that uses the account, and
+            ``shared_limit_dir`` is ignored (see :mod:`.pg_window`). A secret: never logged or shown
+            unmasked. psycopg2 (the ``cluster`` extra) must be installed.
         upload_url: Kie's File Upload API (``https://kieai.redpandaai.co``, or the emulator's URL).
     """
 
@@ -109,6 +114,7 @@ class AsyncKieClient:
         max_download_bytes: int = 50 * 1024 * 1024,
         max_concurrent_downloads: int = 8,
         shared_limit_dir: str | None = None,
+        shared_limit_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         upload_url: str = DEFAULT_UPLOAD_URL,
     ) -> None:
@@ -122,9 +128,18 @@ class AsyncKieClient:
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
         self.max_download_bytes = max_download_bytes
-        self.create_limiter: SlidingWindowLimiter | SharedSlidingWindowLimiter
-        self.poll_limiter: SlidingWindowLimiter | SharedSlidingWindowLimiter
-        if shared_limit_dir:
+        self.create_limiter: SlidingWindowLimiter | SharedSlidingWindowLimiter | PostgresSlidingWindowLimiter
+        self.poll_limiter: SlidingWindowLimiter | SharedSlidingWindowLimiter | PostgresSlidingWindowLimiter
+        if shared_limit_url:
+            # Connects at the first request, not here: building a client does no I/O.
+            account = account_id(self.base_url, api_key)
+            self.create_limiter = PostgresSlidingWindowLimiter(
+                shared_limit_url, account, "create", limits.create_limit, limits.create_period_s
+            )
+            self.poll_limiter = PostgresSlidingWindowLimiter(
+                shared_limit_url, account, "poll", limits.poll_limit, limits.poll_period_s
+            )
+        elif shared_limit_dir:
             path = functools.partial(shared_limiter_path, shared_limit_dir, self.base_url, api_key)
             self.create_limiter = SharedSlidingWindowLimiter(
                 path("create"), limits.create_limit, limits.create_period_s

@@ -138,6 +138,22 @@ class KieTransportError(KieError):
     hint = "Check the network and KIE_BASE_URL."
 
 
+class KieCoordinationError(KieError):
+    """The coordination database (``KIE_COORDINATION_URL``: the account's shared rate windows, the
+    batch leases) could not be reached or answered with an error.
+
+    Nothing is sent to Kie without it: an unlimited request could make every machine's requests
+    429. Retryable (the database may be restarting); the message names the database with its
+    password masked, never the password itself.
+    """
+
+    retryable = True
+    hint = "Check that the database of KIE_COORDINATION_URL is up and reachable from this machine."
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code=None)
+
+
 class KieCreateUncertainError(KieError):
     """createTask ended without a usable answer after the request may have reached Kie.
 

@@ -210,7 +210,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def account_id(base_url: str, api_key: str) -> str:
+    """The name of one Kie account in shared windows: a hash of URL and key (never the key itself)."""
+    return hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()[:16]
+
+
 def shared_limiter_path(directory: str, base_url: str, api_key: str, name: str) -> str:
     """The limiter file of one account: named by a hash of URL and key (never the key itself)."""
-    account = hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()[:16]
-    return os.path.join(directory, f"kie-{account}-{name}.window")
+    return os.path.join(directory, f"kie-{account_id(base_url, api_key)}-{name}.window")

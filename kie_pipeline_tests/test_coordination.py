@@ -1,0 +1,286 @@
+"""Coordination across machines through PostgreSQL (``KIE_COORDINATION_URL``): the account-wide rate
+windows (kie_pipeline/client/pg_window.py) and the batch lease (kie_pipeline/pipeline/coordination.py).
+
+Separate OS processes stand in for machines: each has its own connection and its own limiter, and
+they meet only in the database (a real PostgreSQL server on loopback, the ``postgres`` fixture) and
+at the emulator, which counts every createTask's arrival. Each test uses its own account (the
+emulator's URL is new per test) or its own random account name, so tests never share a window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from kie_pipeline.client.errors import KieCoordinationError
+from kie_pipeline.client.pg_window import RECHECK, PostgresSlidingWindowLimiter, mask_url, scrub
+from kie_pipeline.client.ratelimit import STALE_AFTER, account_id
+
+#: One "machine": its own client and limiter on the shared database; createTask calls, each with
+#: the time it was sent and the time its answer came back (recorded at the transport, inside the
+#: limiter's slot), printed as JSON.
+SENDER = """
+import asyncio, json, sys, time
+import httpx
+from kie_pipeline.client import AsyncKieClient, RateLimits, RetryPolicy
+
+url, key, db, count, limit, period = sys.argv[1:7]
+
+class Recording(httpx.AsyncBaseTransport):
+    def __init__(self):
+        self.inner = httpx.AsyncHTTPTransport()
+        self.times = []
+
+    async def handle_async_request(self, request):
+        sent = time.time()
+        response = await self.inner.handle_async_request(request)
+        if request.url.path.endswith("createTask"):
+            self.times.append((sent, time.time()))
+        return response
+
+async def main():
+    transport = Recording()
+    client = AsyncKieClient(
+        key, url, limits=RateLimits(create_limit=int(limit), create_period_s=float(period)),
+        retry=RetryPolicy(max_attempts=1), shared_limit_url=db, transport=transport,
+    )
+    await asyncio.to_thread(client.create_limiter._session.run, lambda cur: None)  # connected
+    print("ready", flush=True)
+    sys.stdin.readline()  # every machine starts at once
+    async with client:
+        await asyncio.gather(
+            *(client.create_task("nano-banana-pro", {"prompt": f"p{i}"}) for i in range(int(count)))
+        )
+    print(json.dumps(transport.times), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def _run_machines(emulator: Any, db: str, counts: list[int], limit: int, period: float) -> list[tuple]:
+    """Start one process per count, release them together, return every (sent, answered) pair."""
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                SENDER,
+                emulator.url,
+                emulator.config.api_key,
+                db,
+                *map(str, (n, limit, period)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in counts
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        times = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err[-2000:]
+            times += [tuple(t) for t in json.loads(out.strip().splitlines()[-1])]
+        return times
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _most_arrivals_in_a_window(times: list[tuple], period: float) -> int:
+    """The most requests that could have arrived at the server within one window shorter than
+    ``period``: a request arrives somewhere between its send and its answer, so a set of requests
+    fits in such a window exactly when its latest send is less than ``period`` after its earliest
+    answer. Anchored at each answer in turn, this counts the largest such set."""
+    return max(
+        (
+            sum(1 for sent, answered in times if answered >= first and sent < first + period)
+            for _, first in times
+        ),
+        default=0,
+    )
+
+
+@pytest.mark.parametrize("counts", [[9], [4, 4, 4]], ids=["one machine", "three machines"])
+def test_machines_sharing_the_database_keep_the_account_within_its_window(postgres, emulator, counts) -> None:
+    """Any number of processes, each its own limiter: no 429, no window over the limit (by the
+    server's count and by the recorded times), and the busiest window holds the whole limit."""
+    limit, period = 4, 1.0
+    emulator.config.create_limit, emulator.config.create_period = limit, period
+    times = _run_machines(emulator, postgres.url, counts, limit, period)
+    stats = emulator.emulator.snapshot()
+    assert stats["created"] == sum(counts) == len(times)
+    assert stats["rate_limited"].get("createTask", 0) == 0
+    assert stats["max_create_arrivals_in_window"] == limit  # the limit, used whole, never exceeded
+    assert _most_arrivals_in_a_window(times, period) <= limit
+
+
+def test_the_arrival_count_flags_a_window_over_the_limit() -> None:
+    """The check above can fail: a request sent less than a period after an answer shares its window."""
+    paced = [(0.0, 0.1), (0.0, 0.1), (0.5, 0.6), (1.2, 1.3)]
+    assert _most_arrivals_in_a_window(paced, 1.0) == 3
+    assert _most_arrivals_in_a_window([*paced, (1.05, 1.2)], 1.0) == 4
+    assert _most_arrivals_in_a_window([(0.0, 0.1), (1.1, 1.2)], 1.0) == 1
+    assert _most_arrivals_in_a_window([], 1.0) == 0
+
+
+def _window_rows(db: str, account: str) -> list[tuple]:
+    import psycopg2
+
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT name, done, backend FROM kie_rate_slots WHERE account = %s ORDER BY name, at", (account,)
+        )
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def test_a_limiter_that_sent_nothing_leaves_no_trace(postgres, emulator) -> None:
+    """Zero requests: a client with the URL that sent nothing writes no slot of its account."""
+    from kie_pipeline.client import AsyncKieClient
+
+    async def nothing() -> None:
+        async with AsyncKieClient(emulator.config.api_key, emulator.url, shared_limit_url=postgres.url) as c:
+            assert isinstance(c.create_limiter, PostgresSlidingWindowLimiter)
+            assert isinstance(c.poll_limiter, PostgresSlidingWindowLimiter)
+
+    asyncio.run(nothing())
+    PostgresSlidingWindowLimiter(postgres.url, "other", "create", 1, 1.0)._finish("x")  # tables exist
+    assert _window_rows(postgres.url, account_id(emulator.url, emulator.config.api_key)) == []
+
+
+HOLDER = """
+import asyncio, sys
+from kie_pipeline.client.pg_window import PostgresSlidingWindowLimiter
+async def main():
+    async with PostgresSlidingWindowLimiter(sys.argv[1], sys.argv[2], "create", 1, float(sys.argv[3])).slot():
+        print("in flight", flush=True)
+        await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+def test_a_killed_holder_frees_its_in_flight_slot_one_period_after_its_death_is_seen(postgres) -> None:
+    """A process SIGKILLed with a request in flight: its slot counts as answered when its backend
+    is seen gone, and is free one period later (not after STALE_AFTER)."""
+    account, period = uuid.uuid4().hex[:12], 0.3
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, postgres.url, account, str(period)], stdout=subprocess.PIPE, text=True
+    )
+    limiter = PostgresSlidingWindowLimiter(postgres.url, account, "create", 1, period)
+    try:
+        assert proc.stdout.readline().strip() == "in flight"
+        assert limiter._take("probe-1") == RECHECK  # a live request in flight holds the slot
+        (row,) = _window_rows(postgres.url, account)
+        assert row[1] is False  # in flight
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+    # The server ends the dead process's backend shortly after its socket closes.
+    deadline = time.monotonic() + 20
+    while (wait := limiter._take("probe-2")) == RECHECK and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert wait is not None and wait <= period < STALE_AFTER / 10
+    assert [done for _, done, _ in _window_rows(postgres.url, account)] == [True]  # answered, kept
+    time.sleep(wait)
+    assert limiter._take("probe-3") is None  # and the slot is free again
+
+
+def _with_password(url: str, password: str) -> str:
+    # The test server trusts loopback: a password in the URL is accepted and never checked, which
+    # is all a leak test needs.
+    return url.replace("postgres@", f"postgres:{password}@", 1)
+
+
+def test_generated_images_with_kie_coordination_url_paces_in_the_database(
+    env, instance, emulator, postgres, monkeypatch
+) -> None:
+    """A batch materialized with KIE_COORDINATION_URL set: its createTask and poll slots are rows in
+    the database, under its account's hash, and no window file is written."""
+    from .pipeline_helpers import Pipeline, metadata
+
+    monkeypatch.setenv("KIE_COORDINATION_URL", postgres.url)
+    pipe = Pipeline(instance)
+    assert pipe.resources["kie"].rate_limit_url is not None
+    pipe.manifest()
+    md = metadata(pipe.batch("animals"))
+    assert md["images_succeeded"] == 3 and md["rate_limited_429"] == 0
+    rows = _window_rows(postgres.url, account_id(emulator.url, emulator.config.api_key))
+    # The 3 createTask slots are still in their 10-s window; polls may have been pruned down to
+    # those of the last second.
+    assert [name for name, _, _ in rows].count("create") == 3
+    assert "poll" in {name for name, _, _ in rows} and all(done for _, done, _ in rows)
+    assert not list((env / "tmp").rglob("*.window"))  # the file windows were not used
+
+
+def test_the_coordination_urls_password_is_never_written_logged_or_shown(
+    env, instance, emulator, postgres, monkeypatch, caplog
+) -> None:
+    """The URL holds a password: not in logs, events, metadata, reprs or any file the run writes,
+    even when the database is down (the error then names it masked)."""
+    from .pipeline_helpers import Pipeline
+
+    caplog.set_level(logging.DEBUG)
+    password = "pw-LEAKCHECK-" + uuid.uuid4().hex
+    monkeypatch.setenv("KIE_COORDINATION_URL", _with_password(postgres.url, password))
+    up = Pipeline(instance)
+    up.manifest()
+    ok = up.batch("animals")
+    with socket.socket() as s:  # a port where no database listens
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    down_url = f"postgresql://postgres:{password}@127.0.0.1:{closed}/dagster"
+    monkeypatch.setenv("KIE_COORDINATION_URL", down_url)
+    down = Pipeline(instance)
+    failed = down.batch("cities", raise_on_error=False)
+    with pytest.raises(KieCoordinationError) as caught:
+        PostgresSlidingWindowLimiter(down_url, "acct", "create", 1, 1.0)._take("t")
+    shown = [str(e) for run in (ok, failed) for e in run.all_events]
+    shown += [e.message for run in (ok, failed) for e in instance.all_logs(run.run_id)]
+    shown += [repr(p.resources[r]) for p in (up, down) for r in ("kie", "dataset")]
+    shown += [str(caught.value), repr(caught.value), caplog.text]
+    shown += [repr(PostgresSlidingWindowLimiter(down_url, "acct", "create", 1, 1.0))]
+    written = b"".join(p.read_bytes() for p in env.rglob("*") if p.is_file())
+    assert len(written) > 10_000  # the store, the tables, Dagster's event logs and runs
+    everything = "\n".join(shown) + written.decode(errors="replace")
+    assert password not in everything
+    assert f"postgresql://postgres:***@127.0.0.1:{closed}/dagster" in str(caught.value)
+    assert f"postgres:***@127.0.0.1:{closed}" in "\n".join(shown)  # the run's failure says which database
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://u:p%40ss@h:5432/db", "postgresql://u:***@h:5432/db"),
+        (
+            "postgresql://u@h/db?password=secret&sslmode=require",
+            "postgresql://u@h/db?password=***&sslmode=require",
+        ),
+        ("host=h user=u password='se cret' dbname=db", "host=h user=u password=*** dbname=db"),
+        ("postgresql://h/db", "postgresql://h/db"),
+    ],
+)
+def test_mask_url_hides_every_form_of_password(url, masked) -> None:
+    assert mask_url(url) == masked
+    secret = "p%40ss" if "p%40ss" in url else "secret" if "secret" in url else "se cret"
+    assert secret not in scrub(f"FATAL: bad connection string {url} (p@ss)", url)
