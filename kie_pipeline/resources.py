@@ -19,6 +19,7 @@ from kie_pipeline.client import (
     RetryPolicy,
 )
 from kie_pipeline.pipeline.callbacks import CallbackSettings
+from kie_pipeline.pipeline.coordination import CoordinatedTaskStore
 from kie_pipeline.pipeline.manifest import ManifestOptions, load_manifest
 from kie_pipeline.pipeline.store import TaskStore
 
@@ -161,9 +162,21 @@ class StoreResource(dg.ConfigurableResource):
         default_factory=dict,
         description="fsspec options of the store's filesystem, e.g. {'endpoint_url': ...}; no keys.",
     )
+    coordination_url: str | None = Field(
+        default=None,
+        repr=False,
+        description="PostgreSQL URL where the batch leases are held, so that two runs of one batch "
+        "never run at once on any machines; set with EnvVar('KIE_COORDINATION_URL'). None: lock files "
+        "(one machine). A secret: never logged; errors show it with the password masked.",
+    )
 
     def task_store(self) -> TaskStore:
-        """Task records and durable copies under :attr:`url`."""
+        """Task records and durable copies under :attr:`url` (with :attr:`coordination_url`, a
+        store whose batch leases are held in that database)."""
+        if self.coordination_url:
+            return CoordinatedTaskStore(
+                self.url, storage_options=self.storage_options, coordination_url=self.coordination_url
+            )
         return TaskStore(self.url, storage_options=self.storage_options)
 
     def path(self, *parts: str) -> UPath:

@@ -10,9 +10,9 @@
 - ``KIE_CREATE_LIMIT`` / ``KIE_POLL_LIMIT``: this machine's share of the account's rate limits.
 - ``KIE_COORDINATION_URL``: a PostgreSQL URL (``postgresql://user:password@host:5432/db``, e.g. the
   Dagster instance's database) where every machine shares the account's rate-limit windows (each
-  run may then use the whole limit). Read through ``EnvVar``: a secret, never logged or put in
-  metadata; errors show it with the password masked. Optional: without it the windows are per
-  machine (files).
+  run may then use the whole limit) and the batch leases (two runs of one batch never run at once,
+  on any machines). Read through ``EnvVar``: a secret, never logged or put in metadata; errors show
+  it with the password masked. Optional: without it the windows and leases are per machine (files).
 - ``KIE_MANIFEST``: the manifest, CSV or Parquet (default ``data/prompts.csv``), for a pipeline
   whose ``manifest`` is not set.
 - ``KIE_STORE``: folder or fsspec URL for results, task records and tables (default
@@ -94,13 +94,17 @@ def shared_kie_resource() -> KieResource:
 
 def store_resource(url: str | None = None, storage_options: dict[str, Any] | None = None) -> StoreResource:
     """The store at ``url`` (default ``KIE_STORE``, else ``data/store``) with ``storage_options``
-    (default ``KIE_STORE_OPTIONS``).
+    (default ``KIE_STORE_OPTIONS``); its batch leases in ``KIE_COORDINATION_URL``'s database when set.
 
     Raises ValueError when ``KIE_STORE_OPTIONS`` is needed, set, and not a JSON object."""
     if storage_options is None:
         storage_options = parse_store_options(os.environ.get("KIE_STORE_OPTIONS", ""))
+    # The batch leases go where the rate windows go (through EnvVar, like the key: never shown).
+    coordination = dg.EnvVar("KIE_COORDINATION_URL") if os.environ.get("KIE_COORDINATION_URL") else None
     return StoreResource(
-        url=local_or_url(url or os.environ.get("KIE_STORE", "data/store")), storage_options=storage_options
+        url=local_or_url(url or os.environ.get("KIE_STORE", "data/store")),
+        storage_options=storage_options,
+        coordination_url=coordination,
     )
 
 

@@ -174,12 +174,15 @@ class PgSession:
         url: a ``postgresql://`` URL or libpq connection string (a secret: never shown unmasked).
         purpose: named in the connection's ``application_name`` and in error messages.
         ddl: statements run once per connection, under a lock, to create what is missing.
+        reconnect: make a broken connection again once (False where the connection itself holds
+            something, such as a session advisory lock, that a new one would not).
     """
 
-    def __init__(self, url: str, *, purpose: str, ddl: str = WINDOW_DDL) -> None:
+    def __init__(self, url: str, *, purpose: str, ddl: str = WINDOW_DDL, reconnect: bool = True) -> None:
         self._url = url
         self.purpose = purpose
         self._ddl = ddl
+        self._reconnect = reconnect
         self._lock = threading.Lock()
         self._conn: Any = None
         self._pid = os.getpid()
@@ -220,6 +223,13 @@ class PgSession:
                 # A process frozen inside a transaction (stopped, swapped out) must not keep a
                 # window's lock: the server ends such a transaction, and the session with it.
                 cur.execute("SET idle_in_transaction_session_timeout = '30s'")
+                # The server's side of the same: a client machine that vanished is noticed within
+                # about a minute (the system default is two hours), which ends its backend and
+                # releases its leases.
+                cur.execute(
+                    "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
+                    "SET tcp_keepalives_count = 3"
+                )
                 if self._ddl:
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                     cur.execute(self._ddl)
@@ -251,7 +261,7 @@ class PgSession:
                 except pg.Error as exc:
                     if conn.closed:
                         self._conn = None
-                        if attempt == 1 and not fresh:
+                        if attempt == 1 and not fresh and self._reconnect:
                             logger.info(
                                 "The coordination database connection broke (%s); reconnecting", doing
                             )
