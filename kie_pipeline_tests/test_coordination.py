@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from kie_pipeline.client.errors import KieCoordinationError
-from kie_pipeline.client.pg_window import RECHECK, PostgresSlidingWindowLimiter, mask_url, scrub
+from kie_pipeline.client.pg_window import RECHECK, PgSession, PostgresSlidingWindowLimiter, mask_url, scrub
 from kie_pipeline.client.ratelimit import STALE_AFTER, account_id
 
 #: One "machine": its own client and limiter on the shared database; createTask calls, each with
@@ -394,3 +394,68 @@ def test_the_batch_lease_fails_clearly_when_the_database_is_down(tmp_path) -> No
         pytest.fail("generated without a lease")
     assert f"postgresql://kie:***@127.0.0.1:{closed}/dagster (batch lease animals)" in str(caught.value)
     assert "hunter2" not in str(caught.value) + repr(store)
+
+
+def _terminate(db: str, backend: int | None) -> None:
+    """End a server process as a dropped connection would, and wait until it is gone."""
+    import psycopg2
+
+    assert backend is not None
+    conn = psycopg2.connect(db)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            deadline = time.monotonic() + 20
+            while True:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,))
+                if cur.fetchone()[0] == 0:
+                    return
+                assert time.monotonic() < deadline, f"backend {backend} never ended"
+                time.sleep(0.01)
+    finally:
+        conn.close()
+
+
+def test_a_limiter_whose_connection_dropped_reconnects_once_and_keeps_the_window(postgres) -> None:
+    """A dropped connection is made again within the call; the request taken on the old one
+    counts as answered when its backend is seen gone, and keeps its slot one more period."""
+    account, period = uuid.uuid4().hex[:12], 5.0
+    session = PgSession(postgres.url, purpose="rate windows")
+    limiter = PostgresSlidingWindowLimiter(postgres.url, account, "create", 2, period, session=session)
+    assert limiter._take("a") is None
+    old = session.backend
+    _terminate(postgres.url, old)
+    assert limiter._take("b") is None  # no error: reconnected once
+    assert session.backend not in (None, old)
+    assert [(done, backend == old) for _, done, backend in _window_rows(postgres.url, account)] == [
+        (True, True),  # a: its backend is gone, answered when seen
+        (False, False),  # b: in flight on the new connection
+    ]
+    wait = limiter._take("c")
+    assert wait is not None and RECHECK < wait <= period  # a leaves the window one period after
+
+
+def test_a_lease_whose_connection_dropped_is_taken_again_or_names_the_run_that_took_it(
+    postgres, caplog
+) -> None:
+    from kie_pipeline.pipeline.coordination import _Lease
+
+    root = f"memory://bucket-{uuid.uuid4().hex[:8]}/kie"
+    first = _Lease(postgres.url, root, "animals", "Dagster run first")
+    second = _Lease(postgres.url, root, "animals", "Dagster run second")
+    try:
+        assert first.try_take(first.session) is None
+        assert first.check() and first.held  # nothing to do
+        _terminate(postgres.url, first.session.backend)
+        assert first.check() and first.held  # taken again on a new connection
+        assert '"owner": "Dagster run first"' in second.try_take(second.session)  # its new row
+        _terminate(postgres.url, first.session.backend)
+        assert second.try_take(second.session) is None  # another run takes it meanwhile
+        assert not first.check() and not first.held  # and the first knows, and says so
+        assert '"owner": "Dagster run second"' in caplog.text and "two runs may be generating" in caplog.text
+    finally:
+        first.release()
+        second.release()
+    assert second.try_take(second.session) is None  # released
+    second.release()

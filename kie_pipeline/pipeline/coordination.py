@@ -121,6 +121,8 @@ class _Lease:
             "pid": os.getpid(),
         }
         self.session = self._session()
+        #: Whether :attr:`session`'s connection holds the lock.
+        self.held = False
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
 
@@ -143,48 +145,53 @@ class _Lease:
             owner, host, pid, since = found
             return json.dumps({"owner": owner, "host": host, "pid": pid, "since": since})
 
-        return session.run(work, "taking a batch lease")
+        holder = session.run(work, "taking a batch lease")
+        self.held = holder is None  # only once committed: a connection that broke holds nothing
+        return holder
 
     def keep(self) -> None:
         self._keeper = threading.Thread(target=self._keep, name=f"kie-lease-{self.batch}", daemon=True)
         self._keeper.start()
 
     def _keep(self) -> None:
-        while not self._stop.wait(CHECK_EVERY):
+        while not self._stop.wait(CHECK_EVERY) and self.check():
+            pass
+
+    def check(self) -> bool:
+        """Check that the lease is still held, taking it again if its connection dropped; False
+        once another run holds it (there is nothing left to keep)."""
+        if self.held:
             try:
                 self.session.run(lambda cur: cur.execute("SELECT 1"), "checking a batch lease")
-                continue
+                return True
             except KieCoordinationError as exc:
-                lost = exc
-            # The connection is gone, and with it the lock: take it again on a new one.
-            self.session.close()
-            self.session = self._session()
-            try:
-                holder = self.try_take(self.session)
-            except KieCoordinationError as exc:
-                log.error(
-                    "The lease of batch %r was lost (%s) and could not be taken again: %s",
-                    self.batch,
-                    lost,
-                    exc,
-                )
-                continue
-            if holder is None:
-                log.warning("The lease of batch %r was lost (%s) and has been taken again.", self.batch, lost)
-            else:
-                log.error(
-                    "The lease of batch %r was lost (%s) and %s holds it now: two runs may be "
-                    "generating this batch.",
-                    self.batch,
-                    lost,
-                    holder,
-                )
-                self._stop.set()
+                log.warning("The lease of batch %r was lost: %s", self.batch, exc)
+                self.held = False
+        # The connection is gone, and with it the lock: take it again on a new one.
+        self.session.close()
+        self.session = self._session()
+        try:
+            holder = self.try_take(self.session)
+        except KieCoordinationError as exc:
+            log.error("The lease of batch %r could not be taken again: %s", self.batch, exc)
+            return True
+        if holder is None:
+            log.warning("The lease of batch %r has been taken again.", self.batch)
+            return True
+        log.error(
+            "The lease of batch %r is held by another run now (%s): two runs may be generating this batch.",
+            self.batch,
+            holder,
+        )
+        return False
 
     def release(self) -> None:
         self._stop.set()
         if self._keeper is not None:
             self._keeper.join()
+        if not self.held:  # lost with its connection: the server has released it already
+            self.session.close()
+            return
         try:
             self.session.run(lambda cur: cur.execute(_RELEASE, self.params), "releasing a batch lease")
         except KieCoordinationError as exc:
