@@ -1,6 +1,7 @@
 """The Kie.ai API client layer. It has no Dagster imports: use it from any orchestrator or script."""
 
 from .client import DEFAULT_BASE_URL, AsyncKieClient
+from .durations import DurationEstimate, DurationEstimates, PollSchedule, task_duration
 from .errors import (
     KieAuthError,
     KieBadRequestError,
@@ -38,6 +39,8 @@ __all__ = [
     "PRICES",
     "AsyncKieClient",
     "DownloadResult",
+    "DurationEstimate",
+    "DurationEstimates",
     "KieAuthError",
     "KieBadRequestError",
     "KieClient",
@@ -61,6 +64,7 @@ __all__ = [
     "MediaType",
     "ModelSpec",
     "PollPolicy",
+    "PollSchedule",
     "PollingWaiter",
     "RateLimits",
     "RetryPolicy",
@@ -71,5 +75,6 @@ __all__ = [
     "Waiter",
     "estimate_credits",
     "get_model",
+    "task_duration",
     "validate_input",
 ]

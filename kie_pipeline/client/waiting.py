@@ -11,6 +11,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from .durations import JITTER, DurationEstimates, PollSchedule
 from .errors import KieTaskTimeoutError
 from .models import TaskRecord
 
@@ -42,10 +43,24 @@ class Waiter(Protocol):
 
 class PollingWaiter:
     """Polls recordInfo as the client's :class:`~kie_pipeline.client.options.PollPolicy` says: the
-    first poll after ``first_delay`` (default ``initial_s``), then backing off up to ``max_s``."""
+    first poll after ``first_delay`` (default ``initial_s``), then backing off up to ``max_s``.
 
-    def __init__(self, client: AsyncKieClient) -> None:
+    With ``durations`` (one :class:`~kie_pipeline.client.durations.DurationEstimates` per batch),
+    each task that ends teaches it how long its model's tasks take, and the next tasks of that
+    model are polled by the learned :class:`~kie_pipeline.client.durations.PollSchedule`: first
+    shortly after their peers' typical finish, then in short steps across their spread, backing
+    off as before once clearly slower. The client's poll limiter still bounds the rate of polls.
+    """
+
+    def __init__(self, client: AsyncKieClient, *, durations: DurationEstimates | None = None) -> None:
         self.client = client
+        self.durations = durations
+
+    def schedule(self, model: str | None) -> PollSchedule:
+        """How a task of ``model`` starting its wait now is polled."""
+        if self.durations is None:
+            return PollSchedule.default(self.client.poll)
+        return self.durations.schedule(self.client.poll, model)
 
     async def wait(
         self,
@@ -58,22 +73,30 @@ class PollingWaiter:
     ) -> TaskRecord:
         c, policy = self.client, self.client.poll
         timeout = policy.timeout_s if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        delay = policy.initial_s if first_delay is None else first_delay
-        interval = policy.initial_s
+        started = time.monotonic()
+        deadline = started + timeout
+        schedule = self.schedule(model)
+        # An explicit first_delay wins (0 for a resumed task: its age is unknown, ask at once).
+        delay = schedule.first_delay() if first_delay is None else first_delay * random.uniform(*JITTER)
+        interval = schedule.step_s
         last_state: str | None = None
         while True:
             remaining = deadline - time.monotonic()
             if delay > 0:
                 if remaining <= 0:
                     raise KieTaskTimeoutError(task_id, timeout, last_state)
-                # Jitter spreads the polls of tasks created in the same instant.
-                await asyncio.sleep(min(delay * random.uniform(0.9, 1.1), remaining))
+                await asyncio.sleep(min(delay, remaining))
             record = await c.get_task(task_id, model=model)
             last_state = record.state.value
             if record.is_terminal:
+                if self.durations is not None:
+                    # The time waited stands for the duration only if the wait began at creation.
+                    waited = time.monotonic() - started if first_delay is None else None
+                    self.durations.observe(record, model=model, waited_s=waited)
                 return record
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 raise KieTaskTimeoutError(task_id, timeout, last_state)
-            delay = interval
-            interval = min(interval * policy.backoff, policy.max_s)
+            delay, interval = schedule.next_delay(now - started, interval)
+            # Jitter spreads the polls of tasks created in the same instant.
+            delay *= random.uniform(*JITTER)

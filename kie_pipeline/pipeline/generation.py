@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from kie_pipeline.client import AsyncKieClient, PollingWaiter, Waiter
+from kie_pipeline.client import AsyncKieClient, DurationEstimates, PollingWaiter, Waiter
 
 from .batch_state import utc_now
 from .callbacks import CallbackBox, CallbackSettings, CallbackWaiter
@@ -230,6 +230,13 @@ class _Batch(SubmittingBatch):
         forget_unrecorded(self.store, recorded)
 
 
+def _default_waiter(client: AsyncKieClient, store: TaskStore, callbacks: CallbackSettings | None) -> Waiter:
+    if callbacks:
+        return CallbackWaiter(client, CallbackBox(store))
+    # One estimate per batch: its own tasks say when to poll the next ones (per model).
+    return PollingWaiter(client, durations=DurationEstimates())
+
+
 async def generate_batch(
     client: AsyncKieClient,
     store: TaskStore,
@@ -252,7 +259,9 @@ async def generate_batch(
 
     A row whose task produced several results gives one row per result (``result_index`` 0, 1, ...);
     any other row gives one row. ``progress`` receives a line every ``progress_interval`` seconds.
-    ``waiter`` waits for each task (default: polling through ``client``).
+    ``waiter`` waits for each task (default: polling through ``client``, each model's tasks polled
+    by what this batch's finished tasks of that model say of their durations; callbacks when
+    ``callbacks`` is set).
 
     Credits: ``balance`` (the account's, read before the batch; None: unknown) is compared with the
     estimate of the rows that will be created, and when it is short nothing is submitted.
@@ -277,7 +286,7 @@ async def generate_batch(
         progress=progress,
         max_credits=max_credits,
         balance=balance,
-        waiter=waiter or (CallbackWaiter(client, CallbackBox(store)) if callbacks else PollingWaiter(client)),
+        waiter=waiter or _default_waiter(client, store, callbacks),
         callbacks=callbacks,
     )
     rows = manifest_rows.to_dict("records")
