@@ -91,6 +91,8 @@ def paced(n: int, *, callbacks: bool = False, latency: tuple[float, float] = LAT
         f"  lower bound          {bound:8.1f} s   ((ceil(N/{LIMIT})-1)*{PERIOD:g} s + slowest task {hi:g} s)"
     )
     print(f"  ratio                {wall / bound:8.3f}")
+    # The asset's own time (the batch, without the run's start and the checks after it) vs the bound.
+    print(f"  ratio of asset time  {md['elapsed_s'] / bound:8.3f}")
     print(f"  createTask / image   {s['create_requests'] / n:8.2f}")
     print(f"  recordInfo / image   {s['polls'] / n:8.2f}")
     print(f"  429s received        {sum(s['rate_limited'].values()):8d}   {s['rate_limited']}")
