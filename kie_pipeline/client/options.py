@@ -36,7 +36,9 @@ class RetryPolicy(_Options):
 class PollPolicy(_Options):
     """Waiting by polling: first poll after ``initial_s``, then the interval grows by ``backoff`` up
     to ``max_s``; give up after ``timeout_s`` (Kie advises 2-3 s first, then 15-30 s; tasks finish
-    within 10-15 min)."""
+    within 10-15 min). A batch's waiter then learns from its finished tasks when to poll the next
+    ones of the same model (``kie_pipeline.client.durations``), never with more polls per task
+    than this schedule would make on those durations."""
 
     initial_s: float = Field(default=2.5, ge=0, description="First poll after this many seconds.")
     max_s: float = Field(default=30.0, ge=0, description="Polls back off up to this interval (s).")
