@@ -459,3 +459,13 @@ def test_a_lease_whose_connection_dropped_is_taken_again_or_names_the_run_that_t
         second.release()
     assert second.try_take(second.session) is None  # released
     second.release()
+
+
+def test_the_client_and_the_pipeline_core_import_psycopg2_only_when_a_database_is_used() -> None:
+    code = (
+        "import sys, kie_pipeline.client, kie_pipeline.pipeline.lease, kie_pipeline.pipeline.coordination\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('psycopg2', 'dagster')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

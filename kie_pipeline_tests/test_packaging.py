@@ -141,6 +141,8 @@ DAGSTER_FREE_MODULES = [
     "kie_pipeline.pipeline.generation",
     "kie_pipeline.pipeline.media",
     "kie_pipeline.pipeline.callbacks",
+    "kie_pipeline.pipeline.coordination",
+    "kie_pipeline.client.pg_window",
     "kie_pipeline.receiver",
     "kie_pipeline.cli",
 ]
