@@ -469,3 +469,33 @@ def test_the_client_and_the_pipeline_core_import_psycopg2_only_when_a_database_i
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_a_request_cancelled_while_its_slot_is_being_taken_does_not_keep_it_in_flight(postgres) -> None:
+    """Cancelled while the database takes its slot (the thread cannot be stopped): the slot it got
+    is ended at once, not left in flight until STALE_AFTER."""
+    import threading
+
+    account = uuid.uuid4().hex[:12]
+    limiter = PostgresSlidingWindowLimiter(postgres.url, account, "create", 1, 0.2)
+    taking, take = threading.Event(), limiter._take
+
+    def slow_take(token: str) -> float | None:
+        taking.set()
+        time.sleep(0.2)
+        return take(token)
+
+    limiter._take = slow_take  # type: ignore[method-assign]
+
+    async def cancelled() -> None:
+        waiter = asyncio.create_task(limiter.acquire())
+        await asyncio.to_thread(taking.wait)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(cancelled())
+    deadline = time.monotonic() + 10
+    while [done for _, done, _ in _window_rows(postgres.url, account)] != [True]:
+        assert time.monotonic() < deadline, _window_rows(postgres.url, account)
+        time.sleep(0.02)

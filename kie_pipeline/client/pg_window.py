@@ -287,6 +287,17 @@ class PgSession:
                     conn.close()
 
 
+class _Taking:
+    """A take in a worker thread, and whether its caller is still there to use the slot."""
+
+    __slots__ = ("abandoned", "lock", "taken")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.taken = False
+        self.abandoned = False
+
+
 _SESSIONS: dict[tuple[int, str], PgSession] = {}
 _SESSIONS_LOCK = threading.Lock()
 
@@ -390,10 +401,15 @@ class PostgresSlidingWindowLimiter:
         except KieCoordinationError as exc:
             logger.warning("Could not mark a request of the %s window answered: %s", self.name, exc)
 
-    def _abandoned(self, take: asyncio.Future[float | None], token: str) -> None:
-        # The caller was cancelled while its take ran: a slot it took is ended, not left in flight.
-        if not take.cancelled() and take.exception() is None and take.result() is None:
-            threading.Thread(target=self._finish_quietly, args=(token,), daemon=True).start()
+    def _take_unless_abandoned(self, token: str, taking: _Taking) -> float | None:
+        """(In a thread.) :meth:`_take`; a slot taken for a caller that has gone is ended at once."""
+        wait = self._take(token)
+        with taking.lock:
+            taking.taken = wait is None
+            abandoned = taking.abandoned
+        if abandoned and wait is None:
+            self._finish_quietly(token)
+        return wait
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -413,11 +429,17 @@ class PostgresSlidingWindowLimiter:
                 if now < self._paused_until:
                     await asyncio.sleep(self._paused_until - now)
                     continue
-                take = asyncio.ensure_future(asyncio.to_thread(self._take, token))
+                taking = _Taking()
                 try:
-                    wait = await asyncio.shield(take)
+                    wait = await asyncio.to_thread(self._take_unless_abandoned, token, taking)
                 except asyncio.CancelledError:
-                    take.add_done_callback(lambda done: self._abandoned(done, token))
+                    # The thread cannot be stopped: whichever of it and us comes second ends a
+                    # slot it took, so a cancelled request never holds one until STALE_AFTER.
+                    with taking.lock:
+                        taking.abandoned = True
+                        taken = taking.taken
+                    if taken:
+                        threading.Thread(target=self._finish_quietly, args=(token,), daemon=True).start()
                     raise
                 if wait is None:
                     break
