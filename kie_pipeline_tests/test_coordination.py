@@ -499,3 +499,43 @@ def test_a_request_cancelled_while_its_slot_is_being_taken_does_not_keep_it_in_f
     while [done for _, done, _ in _window_rows(postgres.url, account)] != [True]:
         assert time.monotonic() < deadline, _window_rows(postgres.url, account)
         time.sleep(0.02)
+
+
+def test_a_database_user_without_create_rights_uses_the_tables_made_for_it(postgres) -> None:
+    """PostgreSQL 15 gives ordinary users no CREATE on the public schema: a user granted rows only
+    paces and leases with tables an administrator made ahead; and, not allowed to see when other
+    users' backends started, it still takes another user's request in flight for a live one."""
+    import psycopg2
+
+    from kie_pipeline.pipeline.coordination import _Lease
+
+    account = uuid.uuid4().hex[:12]
+    admin = PostgresSlidingWindowLimiter(postgres.url, account, "create", 1, 0.2)
+    assert admin._take("admin") is None  # in flight, held by the superuser's backend
+    root = f"memory://bucket-{uuid.uuid4().hex[:8]}/kie"
+    made = _Lease(postgres.url, root, "setup", "setup")
+    assert made.try_take(made.session) is None  # both tables exist now
+    made.release()
+    conn = psycopg2.connect(postgres.url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'kie_rows_only'")
+        if cur.fetchone() is None:
+            cur.execute("CREATE ROLE kie_rows_only LOGIN")
+        cur.execute(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON kie_rate_slots, kie_batch_leases TO kie_rows_only"
+        )
+    conn.close()
+    url = postgres.url.replace("postgres@", "kie_rows_only@", 1)
+    limited = PostgresSlidingWindowLimiter(
+        url, account, "create", 1, 0.2, session=PgSession(url, purpose="t")
+    )
+    assert limited._take("limited") == RECHECK  # the superuser's request is in flight, not dead
+    admin._finish("admin")
+    lease = _Lease(url, root, "animals", "Dagster run limited")
+    try:
+        assert lease.try_take(lease.session) is None
+    finally:
+        lease.release()
+    with pytest.raises(KieCoordinationError, match="permission denied"):
+        PgSession(url, purpose="t", table="kie_not_made_yet").run(lambda cur: None)

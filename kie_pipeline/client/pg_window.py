@@ -173,14 +173,23 @@ class PgSession:
     Args:
         url: a ``postgresql://`` URL or libpq connection string (a secret: never shown unmasked).
         purpose: named in the connection's ``application_name`` and in error messages.
-        ddl: statements run once per connection, under a lock, to create what is missing.
+        table: the table the session uses; created with ``ddl`` (under a lock) when missing.
         reconnect: make a broken connection again once (False where the connection itself holds
             something, such as a session advisory lock, that a new one would not).
     """
 
-    def __init__(self, url: str, *, purpose: str, ddl: str = WINDOW_DDL, reconnect: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        purpose: str,
+        table: str = "kie_rate_slots",
+        ddl: str = WINDOW_DDL,
+        reconnect: bool = True,
+    ) -> None:
         self._url = url
         self.purpose = purpose
+        self._table = table
         self._ddl = ddl
         self._reconnect = reconnect
         self._lock = threading.Lock()
@@ -209,8 +218,8 @@ class PgSession:
                 self._url,
                 connect_timeout=CONNECT_TIMEOUT,
                 application_name=f"kie-pipeline {self.purpose}",
-                # A machine that vanishes is noticed by the server within about a minute, which
-                # ends its backend: its leases are released and its slots count as answered.
+                # A database (or a network) that vanishes is noticed within about a minute, rather
+                # than leaving a call hanging.
                 keepalives=1,
                 keepalives_idle=30,
                 keepalives_interval=10,
@@ -230,7 +239,10 @@ class PgSession:
                     "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
                     "SET tcp_keepalives_count = 3"
                 )
-                if self._ddl:
+                # Created only when missing: a user without CREATE on the schema (PostgreSQL 15's
+                # default for public) can use tables made for it ahead of time.
+                cur.execute("SELECT to_regclass(%s) IS NULL", (self._table,))
+                if cur.fetchone()[0]:
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                     cur.execute(self._ddl)
             conn.commit()

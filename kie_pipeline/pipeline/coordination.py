@@ -128,7 +128,13 @@ class _Lease:
 
     def _session(self) -> PgSession:
         # Never made again behind our back: a new connection does not hold the lock.
-        return PgSession(self.url, purpose=f"batch lease {self.batch}", ddl=LEASE_DDL, reconnect=False)
+        return PgSession(
+            self.url,
+            purpose=f"batch lease {self.batch}",
+            table="kie_batch_leases",
+            ddl=LEASE_DDL,
+            reconnect=False,
+        )
 
     def try_take(self, session: PgSession) -> str | None:
         """Take the lock and write our name (None), or the holder's description when it is taken."""
