@@ -51,7 +51,7 @@ def main() -> None:
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         materialize(inst, "image_catalog")
         wall = time.monotonic() - t0
-        catalog = pd.read_parquet(f"{work}/store/image_catalog.parquet")
+        catalog = pd.read_parquet(f"{work}/store/image_catalog.parquet")  # a folder: one file per batch
         created = httpx.get(f"{url}/emulator/stats").json()["created"]
     print(f"load: {rows} rows in {parts} partitions, emulator latency 0.05-0.3 s, wall {wall:.1f} s")
     print(

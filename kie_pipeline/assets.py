@@ -12,16 +12,19 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import pyarrow.dataset as ds
 from pydantic import Field
 
 from kie_pipeline.client import AsyncKieClient, KieAuthError, KieError
-from kie_pipeline.pipeline.catalog import build_catalog, mismatched_copies, missing_copies, typed
-from kie_pipeline.pipeline.contact_sheet import write_contact_sheet
+from kie_pipeline.pipeline.catalog import mismatched_copies, missing_copies, typed
+from kie_pipeline.pipeline.catalog_dataset import read_catalog, refresh_catalog, sample_rows, template
+from kie_pipeline.pipeline.contact_sheet import MAX_CELLS, write_contact_sheet
 from kie_pipeline.pipeline.dedup import DEFAULT_THRESHOLD, find_near_duplicates, pairs_markdown
 from kie_pipeline.pipeline.generation import BatchSummary, SystemicError, generate_batch
 from kie_pipeline.pipeline.lease import BatchLeaseHeld
 from kie_pipeline.pipeline.manifest import ManifestError
-from kie_pipeline.pipeline.schema import COLUMN_DESCRIPTIONS
+from kie_pipeline.pipeline.schema import CATALOG_DTYPES, COLUMN_DESCRIPTIONS
+from kie_pipeline.pipeline.store import TaskStore, join
 
 from .names import UNPREFIXED, PipelineNames
 from .resources import DatasetResource, KieResource
@@ -44,12 +47,26 @@ def _counts(values: pd.Series) -> dict[str, int]:
     return {str(k): int(v) for k, v in values.value_counts().items()}
 
 
-def _crosstab(df: pd.DataFrame, by: str) -> str:
-    """A markdown table of rows per ``by`` value and state (empty when there are no rows)."""
-    if df.empty:
+#: ``by_batch`` shows this many batches (the largest), so its table stays small at 1000 batches.
+TOP_BATCHES = 20
+
+
+def _table(counts: dict[str, dict[str, int]], by: str, *, top: int | None = None) -> str:
+    """A markdown table of rows per ``by`` value and state, with totals; the ``top`` values with the
+    most rows only (the total row still counts every value)."""
+    if not counts:
         return "_no rows_"
-    table = pd.crosstab(df[by].fillna("(none)"), df["state"], margins=True, margins_name="total")
-    return table.to_markdown()
+    table = pd.DataFrame.from_dict(counts, orient="index").fillna(0).astype("int64").sort_index()
+    table = table[sorted(table.columns)]
+    table["total"] = table.sum(axis=1)
+    total = table.sum(axis=0).rename("total")
+    more = ""
+    if top is not None and len(table) > top:
+        more = f"\n\n{len(table) - top} more {by} values not shown (the {top} with the most rows are)."
+        table = table.sort_values("total", ascending=False, kind="stable").head(top)
+    table = pd.concat([table, total.to_frame().T])
+    table.index.name = by
+    return table.to_markdown() + more
 
 
 def _read_snapshot(dataset: DatasetResource, columns: list[str], names: PipelineNames) -> pd.DataFrame | None:
@@ -411,54 +428,79 @@ def build_pipeline_assets(
             ],
         )
 
+    def catalog_url(store: TaskStore) -> str:
+        *folders, last = catalog_key.path
+        return join(store.root, *folders, f"{last}.parquet")
+
+    def catalog_paths(dataset: DatasetResource) -> tuple[TaskStore, str, str]:
+        """The store, the catalog folder and the result tables' folder (paths on the store's fs)."""
+        store = dataset.task_store()
+        root = store.normalize(catalog_url(store))
+        sources = store.normalize(join(store.root, *images_key.path))
+        return store, root, sources
+
+    def read_catalog_columns(
+        dataset: DatasetResource, columns: list[str], filter: Any = None
+    ) -> pd.DataFrame:
+        store, root, _ = catalog_paths(dataset)
+        return read_catalog(store.fs, root, columns, filter=filter)
+
     @dg.asset(
         key=catalog_key,
-        ins={
-            "generated_images": dg.AssetIn(images_key, metadata={"allow_missing_partitions": True}),
-            "prompt_manifest": dg.AssetIn(manifest_key),
-        },
-        io_manager_key=names.io_manager,
+        # deps, not ins: the result tables are read by the refresh itself, only those that changed,
+        # and the manifest as its (batch, id) columns. Loading every partition through the IO manager
+        # on each refresh is what made the catalog slow and large at 1 000 000 rows.
+        deps=[images_key, manifest_key],
+        io_manager_key=names.io_manager,  # what a downstream asset's `ins` loads the folder with
         required_resource_keys={names.dataset},
         kinds={"pandas", "parquet"},
         group_name=names.group,
         automation_condition=catalog_condition,
     )
-    def image_catalog(
-        context: dg.AssetExecutionContext,
-        generated_images: dict[str, pd.DataFrame],
-        prompt_manifest: pd.DataFrame,
-    ) -> dg.Output[pd.DataFrame]:
-        """Every result of every batch of the current manifest: ``{store}/image_catalog.parquet``.
+    def image_catalog(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Every result of every batch of the current manifest: ``{store}/image_catalog.parquet/``, a
+        folder of one Parquet file per batch that pandas, pyarrow, Spark and DuckDB read as one table.
 
+        A refresh rewrites only the files of batches whose result table or manifest rows changed.
         Rows whose id and batch are no longer in the manifest (a removed or renamed batch, an id
         moved to another batch) are left out; their files and task records stay in the store.
         """
         dataset: DatasetResource = getattr(context.resources, names.dataset)
-        everything = build_catalog(generated_images.values())
-        current = pd.MultiIndex.from_frame(prompt_manifest[["batch", "id"]].astype("string"))
-        keep = pd.MultiIndex.from_frame(everything[["batch", "id"]]).isin(current)
-        catalog = everything[keep].reset_index(drop=True)
-        missing = sorted(set(prompt_manifest["batch"].astype(str)) - set(generated_images))
-        if missing:
-            context.log.info(f"Batches not generated yet (materialize generated_images for them): {missing}")
-        gallery = write_contact_sheet(
-            dataset.task_store(), catalog, "_".join((*names.prefix, "image_catalog"))
-        )
-        return dg.Output(
-            catalog,
+        store, root, sources = catalog_paths(dataset)
+        *folders, last = manifest_key.path
+        # The snapshot's (batch, id) columns only, and only when it changed or a batch needs its ids.
+        manifest = store.normalize(join(store.root, *folders, f"{last}.parquet"))
+        refresh = refresh_catalog(store.fs, root, sources, manifest)
+        if refresh.migrated:
+            context.log.info(
+                f"The single-file catalog at {root} was replaced by a folder of one file per batch."
+            )
+        if refresh.not_generated:
+            context.log.info(
+                f"Batches not generated yet (materialize generated_images for them): {refresh.not_generated}"
+            )
+        sample = sample_rows(store.fs, root, MAX_CELLS)
+        gallery = write_contact_sheet(store, sample, "_".join((*names.prefix, "image_catalog")))
+        schema = template({k: v for k, v in refresh.dtypes.items() if k not in CATALOG_DTYPES})
+        rows_by_batch = {b: e["summary"]["by_state"] for b, e in refresh.batches.items()}
+        return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": len(catalog),
-                "dagster/column_schema": column_schema(catalog),
-                "rows": len(catalog),
-                "batches": len(generated_images),
-                "batches_not_generated": dg.MetadataValue.json(missing),
-                "rows_left_out": int((~keep).sum()),
-                "by_state": dg.MetadataValue.json(_counts(catalog["state"])),
-                "by_batch": dg.MetadataValue.md(_crosstab(catalog, "batch")),
-                "by_model": dg.MetadataValue.md(_crosstab(catalog, "model")),
-                "by_media_type": dg.MetadataValue.md(_crosstab(catalog, "media_type")),
-                "total_bytes": int(catalog["bytes"].fillna(0).sum()),
-                "credits": float(catalog["credits"].fillna(0).sum()),
+                "dagster/row_count": refresh.rows,
+                "dagster/column_schema": column_schema(schema),
+                "rows": refresh.rows,
+                "path": dg.MetadataValue.path(catalog_url(store)),
+                "batches": len(refresh.batches),
+                "batches_not_generated": dg.MetadataValue.json(refresh.not_generated),
+                "batches_rewritten": len(refresh.rewritten),
+                "batches_kept": len(refresh.kept),
+                "batches_removed": dg.MetadataValue.json(refresh.removed),
+                "rows_left_out": refresh.rows_left_out,
+                "by_state": dg.MetadataValue.json(refresh.total("by_state")),
+                "by_batch": dg.MetadataValue.md(_table(rows_by_batch, "batch", top=TOP_BATCHES)),
+                "by_model": dg.MetadataValue.md(_table(refresh.crosstab("by_model"), "model")),
+                "by_media_type": dg.MetadataValue.md(_table(refresh.crosstab("by_media_type"), "media_type")),
+                "total_bytes": int(refresh.sum("bytes")),
+                "credits": float(refresh.sum("credits")),
                 "gallery": dg.MetadataValue.md(gallery.markdown),
                 **({"gallery_path": dg.MetadataValue.path(gallery.uri)} if gallery.uri else {}),
             },
@@ -470,15 +512,16 @@ def build_pipeline_assets(
         description="Every success row's durable copy exists with the recorded size (one listing of "
         "the store, no reads; each partition's check verified the sha256 when the copy was written).",
     )
-    def catalog_copies_match(
-        context: dg.AssetCheckExecutionContext, image_catalog: pd.DataFrame
-    ) -> dg.AssetCheckResult:
+    def catalog_copies_match(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         dataset: DatasetResource = getattr(context.resources, names.dataset)
-        missing = missing_copies(dataset.task_store(), image_catalog)
+        ok = read_catalog_columns(
+            dataset, ["id", "result_index", "state", "image_uri", "bytes"], ds.field("state") == "success"
+        )
+        missing = missing_copies(dataset.task_store(), ok)
         return dg.AssetCheckResult(
             passed=not missing,
             metadata={
-                "checked": int((image_catalog["state"] == "success").sum()),
+                "checked": len(ok),
                 "missing_or_wrong_size": dg.MetadataValue.json(missing[:50]),
             },
         )
@@ -486,10 +529,13 @@ def build_pipeline_assets(
     @dg.asset_check(
         asset=catalog_key,
         blocking=True,
+        required_resource_keys={names.dataset},
         description="No result appears twice (id and result_index are unique); fails the run if one does.",
     )
-    def catalog_ids_unique(image_catalog: pd.DataFrame) -> dg.AssetCheckResult:
-        dupes = image_catalog[image_catalog.duplicated(["id", "result_index"])]["id"].tolist()
+    def catalog_ids_unique(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        dataset: DatasetResource = getattr(context.resources, names.dataset)
+        keys = read_catalog_columns(dataset, ["id", "result_index"])
+        dupes = keys[keys.duplicated(["id", "result_index"])]["id"].tolist()
         return dg.AssetCheckResult(
             passed=not dupes,
             severity=dg.AssetCheckSeverity.ERROR,
@@ -502,11 +548,10 @@ def build_pipeline_assets(
         description=f"No two results are near-duplicates (perceptual hashes within {near_duplicates} "
         f"bits); pairs across `{split_column}` values (leaks between train and test) are listed first.",
     )
-    def no_near_duplicates(
-        context: dg.AssetCheckExecutionContext, image_catalog: pd.DataFrame
-    ) -> dg.AssetCheckResult:
+    def no_near_duplicates(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         dataset: DatasetResource = getattr(context.resources, names.dataset)
-        ok = image_catalog[image_catalog["state"] == "success"].reset_index(drop=True)
+        columns = ["id", "result_index", "phash", "image_uri", "media_type", split_column]
+        ok = read_catalog_columns(dataset, columns, ds.field("state") == "success").reset_index(drop=True)
         hashes = ok["phash"] if "phash" in ok.columns else pd.Series([None] * len(ok), dtype="Int64")
         splits = ok[split_column] if split_column in ok.columns else None
         pairs = find_near_duplicates(

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import dagster as dg
-import pandas as pd
 
 from kie_pipeline.emulator import EmulatorConfig, EmulatorServer
+from kie_pipeline.pipeline.catalog_dataset import read_catalog
 from kie_pipeline.pipeline.manifest import load_manifest
 from kie_pipeline.pipeline.record import RecordStatus, RequestRecord
 from kie_pipeline.pipeline.store import TaskStore
@@ -146,10 +146,11 @@ def main(*, latency: tuple[float, float] = (0.5, 2.5), progress: Progress | None
         )
 
         store = resources["dataset"].store.url
-        with resources["dataset"].store.path("image_catalog.parquet").open("rb") as fh:
-            catalog = pd.read_parquet(fh)
+        # The catalog is a folder of one Parquet file per batch, read as one table.
+        folder = resources["dataset"].store.path("image_catalog.parquet")
+        catalog = read_catalog(folder.fs, folder.path)
         print()
-        print(f"Catalog: {store}/image_catalog.parquet ({len(catalog)} rows)")
+        print(f"Catalog: {store}/image_catalog.parquet/ ({len(catalog)} rows; one Parquet file per batch)")
         print(f"Images:  {store}/images/")
         columns = ["id", "batch", "model", "state", "media_type", "width", "height", "duration_s", "format"]
         print(catalog[columns].to_string(index=False))

@@ -3,10 +3,11 @@ as Parquet shards that Hugging Face ``datasets`` loads directly (see
 :mod:`kie_pipeline.pipeline.export`), rewritten incrementally: only the shards of changed batches."""
 
 import dagster as dg
-import pandas as pd
 
 from .names import PipelineNames
+from .pipeline.catalog_dataset import read_catalog
 from .pipeline.export import export_dataset
+from .pipeline.store import join
 from .resources import DatasetResource
 
 
@@ -22,21 +23,23 @@ def build_export_asset(
 
     @dg.asset(
         key=names.key("training_dataset"),
-        ins={"image_catalog": dg.AssetIn(names.key("image_catalog"))},
+        # deps, not ins: the catalog is a folder of one file per batch, read here as one table.
+        deps=[names.key("image_catalog")],
         required_resource_keys={names.dataset},
         group_name=names.group,
         kinds={"parquet", "huggingface"},
         automation_condition=condition,
     )
-    def training_dataset(
-        context: dg.AssetExecutionContext, image_catalog: pd.DataFrame
-    ) -> dg.MaterializeResult:
+    def training_dataset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """The catalog's successful images as a Hugging Face dataset (Parquet shards per split and
         batch, a dataset card): ``datasets.load_dataset(<path>)``. Video and audio are not exported."""
         dataset: DatasetResource = getattr(context.resources, names.dataset)
         settings = {"manifest": dataset.manifest, "partition_column": dataset.partition_column}
+        store = dataset.task_store()
+        *folders, last = names.key("image_catalog").path
+        image_catalog = read_catalog(store.fs, store.normalize(join(store.root, *folders, f"{last}.parquet")))
         summary = export_dataset(
-            dataset.task_store(),
+            store,
             image_catalog,
             destination,
             split_column=split_column,

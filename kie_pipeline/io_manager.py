@@ -1,8 +1,10 @@
 """Parquet tables under KIE_STORE through Dagster's UPathIOManager (local folders, S3, GCS, ...).
 
-``{store}/prompt_manifest.parquet``, ``{store}/generated_images/{batch}.parquet`` and
-``{store}/image_catalog.parquet``. Tables are written whole and atomically, so a reader (or a run
-killed mid-write) sees the old table or the new one, never a partial file.
+``{store}/prompt_manifest.parquet`` and ``{store}/generated_images/{batch}.parquet``. Tables are
+written whole and atomically, so a reader (or a run killed mid-write) sees the old table or the new
+one, never a partial file. ``image_catalog`` writes its own folder (``{store}/image_catalog.parquet/``,
+one file per batch: see :mod:`kie_pipeline.pipeline.catalog_dataset`); this IO manager reads such a
+folder as one table, for a downstream asset that takes the catalog as an input.
 """
 
 import io
@@ -13,6 +15,7 @@ import pandas as pd
 from pydantic import Field
 from upath import UPath
 
+from kie_pipeline.pipeline.catalog_dataset import read_catalog
 from kie_pipeline.pipeline.store import atomic_write
 
 from .resources import StoreResource
@@ -27,6 +30,8 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
         atomic_write(path.fs, path.path, buf.getvalue())
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
+        if path.is_dir():
+            return read_catalog(path.fs, path.path)
         with path.open("rb") as fh:
             return pd.read_parquet(fh)
 

@@ -130,8 +130,13 @@ def test_store_on_s3_via_kie_store_options_images_records_partitions_and_catalog
         "animals.parquet",
         "cities.parquet",
     ]
-    with fs.open("datasets/kie/image_catalog.parquet", "rb") as fh:
-        catalog = pd.read_parquet(fh)
+    # The catalog is a folder of one Parquet file per batch, read as one table.
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("datasets/kie/image_catalog.parquet")) == [
+        "_catalog_state.json",
+        "part-animals.parquet",
+        "part-cities.parquet",
+    ]
+    catalog = pd.read_parquet("datasets/kie/image_catalog.parquet", filesystem=fs)
     assert len(catalog) == 5 and catalog["image_uri"].str.startswith("s3://datasets/kie/images/").all()
     assert again["images_created"] == 0 and again["images_reused"] == 3
     assert emulator.emulator.snapshot()["created"] == 5

@@ -24,6 +24,8 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
     for col, dtype in CATALOG_DTYPES.items():
         if col not in out.columns:
             out[col] = pd.Series([None] * len(out), dtype="object")
+        elif str(out[col].dtype) == dtype:
+            continue  # already typed (a result table read back): converting again only costs time
         if dtype.startswith("datetime"):
             out[col] = pd.to_datetime(out[col], utc=True, format="ISO8601").astype(dtype)
         else:

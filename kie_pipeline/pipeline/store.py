@@ -38,12 +38,16 @@ def _is_local(fs: AbstractFileSystem) -> bool:
     return "file" in protocols or "local" in protocols
 
 
-def atomic_write(fs: AbstractFileSystem, path: str, data: bytes, *, fsync: bool = True) -> None:
+def atomic_write(
+    fs: AbstractFileSystem, path: str, data: bytes, *, fsync: bool = True, hidden_temp: bool = False
+) -> None:
     """Write ``data`` so that a reader never sees a partial file.
 
     Local disks: a temporary file in the same folder, fsynced, then renamed over the target (the
     temporary file is removed if anything fails). Object stores: one PUT, which publishes the object
-    only when the upload is complete.
+    only when the upload is complete. ``hidden_temp`` names the temporary file ``.{name}.*.part``:
+    readers of a directory dataset (pyarrow, pandas, Spark) skip names starting with ``.``, so a
+    file being written into such a folder is never read as a part of the table.
     """
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
@@ -51,7 +55,8 @@ def atomic_write(fs: AbstractFileSystem, path: str, data: bytes, *, fsync: bool 
     if not _is_local(fs):
         fs.pipe_file(path, data)
         return
-    tmp = f"{path}.{uuid.uuid4().hex}.part"
+    folder, slash, name = path.rpartition("/")
+    tmp = f"{folder}{slash}{'.' if hidden_temp else ''}{name}.{uuid.uuid4().hex}.part"
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
