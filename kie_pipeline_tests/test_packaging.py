@@ -42,9 +42,10 @@ def _env_names(node: Any) -> Iterator[str]:
 
 def _load_ref(path: Path, base_dir: Path, monkeypatch: pytest.MonkeyPatch) -> InstanceRef:
     """The instance ref Dagster builds from ``path`` (its defaults pointing into ``base_dir``)."""
-    # Placeholders so that `{env: ...}` sources resolve; nothing is ever connected to.
+    # Placeholders so that `{env: ...}` sources resolve (a port must be a number); nothing is ever
+    # connected to.
     for name in _env_names(yaml.safe_load(path.read_text())):
-        monkeypatch.setenv(name, f"placeholder-{name.lower()}")
+        monkeypatch.setenv(name, "5432" if name.endswith("_PORT") else f"placeholder-{name.lower()}")
     return InstanceRef.from_dir(str(base_dir), config_dir=str(path.parent), config_filename=path.name)
 
 
@@ -58,7 +59,11 @@ def _resolve(data: ConfigurableClassData) -> type:
 
 
 def test_deploy_ships_the_local_and_cluster_instance_files() -> None:
-    assert {p.name for p in INSTANCE_FILES} >= {"dagster.yaml", "dagster-cluster.yaml"}
+    assert {p.name for p in INSTANCE_FILES} >= {
+        "dagster.yaml",
+        "dagster-cluster.yaml",
+        "dagster-postgres.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", INSTANCE_FILES, ids=lambda p: p.name)
