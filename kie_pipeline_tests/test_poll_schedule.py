@@ -317,6 +317,12 @@ def test_a_resumed_task_is_asked_at_once_and_its_wait_is_not_taken_for_its_durat
         and estimate.count == 1
         and estimate.quantile(0.5) == 5.0  # polled at 2.5 and 5 s
     )
+    # Once something is learned, a resumed task still running is polled by the policy's schedule
+    # (at once, then 2.5 and 3.75 s later), not in the short steps meant for a task whose age is known.
+    assert waiter.schedule("m").is_learned
+    clock.sleeps.clear()
+    _wait(waiter, client, "resumed-running", 4.0, model="m", first_delay=0)
+    assert clock.sleeps == [2.5, 3.75] and client.polls["resumed-running"] == 3
 
 
 def test_without_durations_the_waiter_polls_as_before(clock: VirtualClock) -> None:

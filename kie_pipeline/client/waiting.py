@@ -75,9 +75,14 @@ class PollingWaiter:
         timeout = policy.timeout_s if timeout is None else timeout
         started = time.monotonic()
         deadline = started + timeout
-        schedule = self.schedule(model)
-        # An explicit first_delay wins (0 for a resumed task: its age is unknown, ask at once).
-        delay = schedule.first_delay() if first_delay is None else first_delay * random.uniform(*JITTER)
+        if first_delay is None:
+            schedule = self.schedule(model)
+            delay = schedule.first_delay()
+        else:
+            # An explicit first delay (0 for a resumed task): the task's age is unknown, so what its
+            # peers took says nothing of when it ends; the policy's schedule from there.
+            schedule = PollSchedule.default(policy)
+            delay = first_delay * random.uniform(*JITTER)
         interval = schedule.step_s
         last_state: str | None = None
         while True:
