@@ -1,7 +1,9 @@
 """Packaging: the shipped instance files load in the installed Dagster, and the layers import as promised.
 
-Nothing here connects to Postgres or Kubernetes: the instance files go through Dagster's own validation,
-and every class they name is imported and its config checked, but never instantiated.
+The instance files go through Dagster's own validation, and every class they name is imported and its
+config checked, without connecting to anything. The tested deployment's file (dagster-postgres.yaml)
+is also opened as an instance on a real PostgreSQL server (the ``postgres`` fixture); nothing here
+connects to Kubernetes.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 import yaml
 from dagster._config import process_config, resolve_to_config_type
 from dagster._core.instance.config import ConcurrencyConfig, PoolGranularity
 from dagster._core.instance.ref import InstanceRef
 from dagster._serdes import ConfigurableClassData
+
+from .postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -118,6 +123,35 @@ def test_cluster_file_keeps_its_intent(tmp_path: Path, monkeypatch: pytest.Monke
         "KIE_CREATE_LIMIT",
     }
     assert ref.settings["telemetry"] == {"enabled": False}
+
+
+def test_postgres_file_loads_as_an_instance_on_a_real_server(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tested deployment's file, read from deploy/ itself, opens a Dagster instance on PostgreSQL
+    (its schema created) with the queue's limits and the pool it promises (docs/cluster.md)."""
+    for name, value in postgres.env().items():
+        monkeypatch.setenv(name, value)
+    ref = InstanceRef.from_dir(str(tmp_path), config_dir=str(DEPLOY), config_filename="dagster-postgres.yaml")
+    with dg.DagsterInstance.from_ref(ref) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert type(instance.run_launcher) is dg.DefaultRunLauncher
+        assert instance.get_runs() is not None  # the schema is there: a query answers
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.pool_config.default_pool_limit == 4
+        assert concurrency.pool_config.pool_granularity is PoolGranularity.RUN
+        # One run per batch at a time, whichever way Dagster tags a run of one partition.
+        per_batch = {"value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        assert concurrency.run_queue_config.tag_concurrency_limits == [  # type: ignore[union-attr]
+            {"key": "dagster/partition", **per_batch},
+            {"key": "dagster/asset_partition_range_start", **per_batch},
+        ]
+        assert {"QUEUED_RUN_COORDINATOR", "BACKFILL", "MONITORING"} <= set(
+            instance.get_required_daemon_types()
+        )
+        assert instance.run_monitoring_enabled
 
 
 def _fresh_python(code: str, **env: str) -> dict[str, Any]:
