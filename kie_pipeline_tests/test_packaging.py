@@ -100,7 +100,8 @@ def test_instance_file_frees_pool_slots_of_dead_runs(
 
 
 def test_cluster_file_keeps_its_intent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Postgres, a queue of 20 runs, the "kie" pool of 4 by run, pods that get the KIE_* variables."""
+    """Postgres, a queue of 20 runs, the "kie" pool of 4 by run, one run per batch, pods that get the
+    KIE_* variables."""
     ref = _load_ref(DEPLOY / "dagster-cluster.yaml", tmp_path, monkeypatch)
     assert ref.storage_data.module_name == "dagster_postgres"
     assert ref.storage_data.config_dict["postgres_db"]["hostname"] == {"env": "DAGSTER_PG_HOST"}
@@ -114,14 +115,19 @@ def test_cluster_file_keeps_its_intent(tmp_path: Path, monkeypatch: pytest.Monke
     assert concurrency.pool_config.pool_granularity is PoolGranularity.RUN
     launcher = ref.run_launcher_data
     assert (launcher.module_name, launcher.class_name) == ("dagster_k8s", "K8sRunLauncher")  # type: ignore[union-attr]
-    # The key reaches run pods from a Secret, never as a plain env var copied into the Job spec.
-    assert launcher.config_dict["env_secrets"] == ["kie-api-key"]  # type: ignore[union-attr]
-    assert "KIE_API_KEY" not in launcher.config_dict["env_vars"]  # type: ignore[union-attr]
-    assert set(launcher.config_dict["env_vars"]) >= {  # type: ignore[union-attr]
-        "KIE_STORE",
-        "KIE_MANIFEST",
-        "KIE_CREATE_LIMIT",
-    }
+    # The key and the coordination URL (which may hold a password) reach run pods from Secrets,
+    # never as plain env vars copied into the Job spec.
+    assert launcher.config_dict["env_secrets"] == ["kie-api-key", "kie-coordination"]  # type: ignore[union-attr]
+    env_vars = set(launcher.config_dict["env_vars"])  # type: ignore[union-attr]
+    assert not env_vars & {"KIE_API_KEY", "KIE_COORDINATION_URL"}
+    assert env_vars >= {"KIE_STORE", "KIE_MANIFEST"}
+    # The shared limiter gives every run the whole limit: no static share per run any more.
+    assert "KIE_CREATE_LIMIT" not in env_vars
+    # One run per batch at a time, as in the tested deployment.
+    assert [limit["key"] for limit in concurrency.run_queue_config.tag_concurrency_limits] == [  # type: ignore[union-attr]
+        "dagster/partition",
+        "dagster/asset_partition_range_start",
+    ]
     assert ref.settings["telemetry"] == {"enabled": False}
 
 
