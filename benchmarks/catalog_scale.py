@@ -13,7 +13,8 @@ Dagster and the pipeline imported, plus what the step itself held.
 Times: ``run`` is the ``dagster.materialize`` call (the run, its events and the instance's writes);
 ``step`` is the asset's or the check's own step as Dagster timed it. Copies are not written (1 000 000
 files): ``catalog_copies_match`` lists an empty image folder and reports every row, which costs the
-same loop as a passing check. PYTHONPATH=<another checkout> runs another version of the pipeline.
+same loop as a passing check. ``--before DIR`` first runs the same steps with the pipeline of another
+checkout (a git worktree of an older commit) on the same store.
 """
 
 from __future__ import annotations
@@ -139,28 +140,27 @@ def child(work: str, what: str) -> None:
     )
 
 
-def run_child(work: str, what: str) -> dict:
+def run_child(work: str, what: str, pythonpath: str | None = None) -> dict:
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath  # another checkout's kie_pipeline, imported before this one
     out = subprocess.run(
         [sys.executable, __file__, "--child", what, "--work", work],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def measure(rows: int, checks: bool) -> None:
-    with tempfile.TemporaryDirectory(prefix="catalog-scale-") as work:
-        t0 = time.monotonic()
-        keys = setup(work, rows)
-        made = time.monotonic() - t0
-        full = run_child(work, "refresh")
-        change_one_batch(work, keys[len(keys) // 2])
-        refresh = run_child(work, "refresh")
-        checked = run_child(work, "checks") if checks else None
-    print(
-        f"catalog of {rows:,} result rows ({len(keys)} batches of {ROWS_PER_BATCH}; synthetic store {made:.0f} s)"
-    )
+def steps(work: str, keys: list[str], checks: bool, pythonpath: str | None, label: str) -> None:
+    """Full build, one batch changed, refresh, checks: each in a fresh process; prints each."""
+    full = run_child(work, "refresh", pythonpath)
+    change_one_batch(work, keys[len(keys) // 2 + (1 if pythonpath else 0)])
+    refresh = run_child(work, "refresh", pythonpath)
+    checked = run_child(work, "checks", pythonpath) if checks else None
+    print(f" {label}")
     for name, r in (("full build", full), ("refresh, 1 batch changed", refresh)):
         step = r["steps_s"].get("image_catalog")
         print(
@@ -168,20 +168,36 @@ def measure(rows: int, checks: bool) -> None:
             f"peak RSS {r['peak_rss_mb']:5d} MB  rows {r['rows']:,}"
         )
     if checked is not None:
-        steps = ", ".join(
+        times = ", ".join(
             f"{k.removeprefix('image_catalog_')} {v:.2f} s" for k, v in checked["steps_s"].items()
         )
         print(
             f"  {'checks (one run)':26s} run {checked['run_s']:6.2f} s  peak RSS {checked['peak_rss_mb']:5d} MB"
         )
-        print(f"    steps: {steps}")
+        print(f"    steps: {times}")
     sys.stdout.flush()
+
+
+def measure(rows: int, checks: bool, before: str | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="catalog-scale-") as work:
+        t0 = time.monotonic()
+        keys = setup(work, rows)
+        made = time.monotonic() - t0
+        batches = f"{len(keys)} batches of {ROWS_PER_BATCH}"
+        print(f"catalog of {rows:,} result rows ({batches}; synthetic store {made:.0f} s)")
+        if before:
+            # The code before on the same store first; this checkout's full build then also
+            # migrates the single-file catalog it wrote.
+            steps(work, keys, checks, before, f"before ({before})")
+        note = " (its full build replaces the single file above)" if before else ""
+        steps(work, keys, checks, None, f"this checkout{note}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
     p.add_argument("--no-checks", action="store_true", help="skip the checks' run")
+    p.add_argument("--before", help="first run another checkout's pipeline (its folder, as PYTHONPATH)")
     p.add_argument("--child", choices=("refresh", "checks"), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -189,7 +205,7 @@ def main() -> None:
         child(a.work, a.child)
         return
     for rows in a.rows:
-        measure(rows, not a.no_checks)
+        measure(rows, not a.no_checks, a.before)
 
 
 if __name__ == "__main__":
