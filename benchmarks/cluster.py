@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -367,7 +368,7 @@ def run_scenario(name: str, server: PostgresServer, work: Path) -> Result:
         runs_per_batch=per_batch,
         created=stats["created"],
         wall_s=time.monotonic() - started,
-        longest_gap_s=max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0),
+        longest_gap_s=max((b - a for a, b in itertools.pairwise(times)), default=0.0),
     )
 
 
