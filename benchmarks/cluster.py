@@ -185,7 +185,8 @@ class GraphQL:
         """The UI's "Materialize" of one partition: a queued run tagged with it."""
         result = self(
             "mutation($e: ExecutionParams!) { launchPipelineExecution(executionParams: $e) { __typename "
-            "... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }",
+            "... on LaunchRunSuccess { run { runId } } ... on PythonError { message } "
+            "... on InvalidSubsetError { message } } }",
             e={
                 "selector": {
                     "repositoryLocationName": LOCATION,
@@ -416,7 +417,8 @@ def main() -> None:
         with running_postgres() as server:
             for name in args.scenarios:
                 results.append(run_scenario(name, server, work / name))
-                print(f"  {name} done in {results[-1].wall_s:.0f} s", file=sys.stderr, flush=True)
+                # As each ends, so that a later failure does not lose it.
+                print(f"  {name} done: {results[-1]}", file=sys.stderr, flush=True)
     finally:
         if args.keep:
             print(f"work folder: {work}", file=sys.stderr)
