@@ -108,15 +108,22 @@ def running_postgres(parent: str | None = None) -> Iterator[PostgresServer]:
             check=True,
             capture_output=True,
         )
-        options = (
-            f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c max_connections=200"
-        )
-        subprocess.run(
-            [*prefix, f"{bindir}/pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"],
-            check=True,
-            capture_output=True,
-        )
+        # The free port is free when picked, not when the server binds it: another pytest-xdist worker
+        # (each starts its own server) or any process may take it in between; then another port.
+        for attempt in range(5):
+            options = (
+                f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c synchronous_commit=off "
+                "-c full_page_writes=off -c max_connections=200"
+            )
+            start = [*prefix, f"{bindir}/pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60"]
+            started = subprocess.run([*start, "start"], capture_output=True)
+            if started.returncode == 0:
+                break
+            with open(log, errors="replace") as fh:
+                taken = "could not bind" in fh.read()
+            if not taken or attempt == 4:
+                raise subprocess.CalledProcessError(started.returncode, start, started.stdout, started.stderr)
+            port = _free_port()
         server = PostgresServer("127.0.0.1", port, user, DB_NAME, data)
         _create_db(bindir, prefix, server)
         yield server
