@@ -66,6 +66,8 @@ EMULATOR = ("--create-limit", "20", "--create-period", "10", "--poll-limit", "10
 EMULATOR_IMAGES = ("--render-scale", "0.05")
 #: How much later the second half of the runs starts in scenarios B and C-B.
 LATE_S = 30.0
+#: generated_images's checks (kie_pipeline/assets.py), selected with it in a launch of one partition.
+CHECKS = ("durable_copies_match", "failure_rate_below_threshold")
 PARTITION_TAG, RANGE_START_TAG = "dagster/partition", "dagster/asset_partition_range_start"
 
 
