@@ -197,6 +197,17 @@ def test_models_keep_separate_estimates() -> None:
     assert not estimates.schedule(POLICY, "unseen").is_learned
 
 
+def test_the_schedule_follows_new_durations_without_being_worked_out_at_every_task() -> None:
+    estimates = _learned(*[5.0] * 40)
+    schedule = estimates.schedule(POLICY, "m")
+    estimates.observe(_done(50.0))
+    assert estimates.schedule(POLICY, "m") is schedule  # one more among 40 moves nothing
+    assert estimates.schedule(PollPolicy(initial_s=1.0), "m") is not schedule  # another policy
+    for _ in range(40):
+        estimates.observe(_done(9.0))
+    assert estimates.schedule(POLICY, "m").first_s >= 9.0  # the median moved: worked out again
+
+
 def test_an_estimate_keeps_the_most_recent_durations() -> None:
     estimate = DurationEstimate(max_samples=3)
     for seconds in (100.0, 1.0, 2.0, 3.0, float("nan"), -1.0):

@@ -123,8 +123,10 @@ class DurationEstimates:
     def __init__(self, max_samples: int = MAX_SAMPLES) -> None:
         self._by_model: dict[str | None, DurationEstimate] = {}
         self._max_samples = max_samples
-        # The schedule last worked out per model, until that model learns again.
-        self._schedules: dict[str | None, PollSchedule] = {}
+        # Durations learned per model (ever, not only those kept), and the schedule last worked
+        # out per model with the count it was worked out at.
+        self._learned: dict[str | None, int] = {}
+        self._schedules: dict[str | None, tuple[int, PollSchedule]] = {}
 
     def observe(
         self, record: TaskRecord, *, model: str | None = None, waited_s: float | None = None
@@ -144,7 +146,7 @@ class DurationEstimates:
         if estimate is None:
             estimate = self._by_model[key] = DurationEstimate(self._max_samples)
         estimate.add(seconds)
-        self._schedules.pop(key, None)
+        self._learned[key] = self._learned.get(key, 0) + 1
         return seconds
 
     def get(self, model: str | None) -> DurationEstimate | None:
@@ -157,10 +159,17 @@ class DurationEstimates:
 
     def schedule(self, policy: PollPolicy, model: str | None) -> PollSchedule:
         """How to poll a new task of ``model`` (the policy's own schedule before anything is known)."""
+        learned = self._learned.get(model, 0)
         cached = self._schedules.get(model)
-        if cached is None or cached.policy != policy:
-            cached = self._schedules[model] = PollSchedule.learned(policy, self.get(model))
-        return cached
+        if cached is not None:
+            at, schedule = cached
+            # Worked out again after each of the first durations, then once the sample has grown by
+            # a sixteenth (at least every 16): a fresh duration barely moves the quantiles of many.
+            if schedule.policy == policy and learned - at < min(16, max(1, at // 16)):
+                return schedule
+        schedule = PollSchedule.learned(policy, self.get(model))
+        self._schedules[model] = (learned, schedule)
+        return schedule
 
     def __repr__(self) -> str:
         return f"DurationEstimates({self._by_model!r})"
