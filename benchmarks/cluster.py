@@ -195,7 +195,11 @@ class GraphQL:
                     "repositoryName": REPOSITORY,
                     "pipelineName": "__ASSET_JOB",
                     "assetSelection": [{"path": ["generated_images"]}],
-                    "assetCheckSelection": [],
+                    # With its checks, as the UI selects them: they run in the asset's step (all or
+                    # none: Dagster refuses the asset without them).
+                    "assetCheckSelection": [
+                        {"assetKey": {"path": ["generated_images"]}, "name": c} for c in CHECKS
+                    ],
                 },
                 "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": partition}]},
             },
