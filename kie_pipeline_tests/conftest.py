@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -22,6 +23,27 @@ from .postgres import PostgresServer, running_postgres, why_no_postgres
 FAST_POLL = PollPolicy(initial_s=0.02, max_s=0.1)
 FAST_RETRY = RetryPolicy(backoff_initial_s=0.01, backoff_max_s=0.2)
 FAST = {"poll": FAST_POLL, "retry": FAST_RETRY}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The temporary folder of this session (of this xdist worker: each has its own session) for
+    the project and the subprocesses the tests start: what the code writes under
+    ``tempfile.gettempdir()/kie-pipeline`` (rate-limit windows, lock files, the fallback file of
+    unrecorded tasks) is never shared with another worker or with another checkout's tests on the
+    same machine. The ``env`` fixture narrows it to each test's folder."""
+    tmp = tmp_path_factory.mktemp("tmp")
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = str(tmp)
+    tempfile.tempdir = str(tmp)
+    try:
+        yield tmp
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
 
 
 @pytest.fixture
