@@ -310,3 +310,22 @@ def test_a_downstream_asset_still_gets_the_catalog_as_one_dataframe(synthetic, i
     selection = ["image_catalog", "my_report"]
     dg.materialize([*ASSETS, my_report], selection=selection, resources=build_resources(), instance=instance)
     assert seen == {"rows": 90, "dtype": "Int64"}
+
+
+def test_a_manifest_file_is_read_only_for_the_batch_that_changed(tmp_path) -> None:
+    """The snapshot as a Parquet file: unchanged, its per-batch hashes come from the state; the one
+    changed batch reads its own ids from it, so a row the manifest does not hold is still left out."""
+    cat = Catalog(tmp_path)
+    frames = {b: results(tmp_path, b, 5) for b in ("a", "b", "c")}
+    for b, f in frames.items():
+        write_results(tmp_path, b, f)
+    manifest = str(tmp_path / "prompt_manifest.parquet")
+    manifest_of(*frames.values()).assign(prompt="unused").to_parquet(manifest, index=False)
+    assert refresh_catalog(FS, cat.root, cat.sources, manifest).rows == 15
+    stray = results(tmp_path, "b", 1, start=7)  # a row of an older snapshot, not in this one
+    write_results(tmp_path, "b", pd.concat([frames["b"], stray]))
+    done = cat.refresh(manifest)
+    assert cat.writes == ["b"] and done.rows == 15 and done.rows_left_out == 1
+    assert "b-007" not in set(pd.read_parquet(cat.root)["id"])
+    Path(manifest).unlink()  # no snapshot: no batch
+    assert cat.refresh(manifest).batches == {} and pd.read_parquet(cat.root).empty
