@@ -105,6 +105,15 @@ def _proc_state(pid: int) -> str | None:
         return None
 
 
+def _finish_pending_tasks(emulator: EmulatorServer) -> None:
+    """Every task the emulator has not finished completes now (its duration ends at this instant)."""
+    state = emulator.emulator
+    with state.lock:
+        now = time.monotonic()
+        for task in state.tasks.values():
+            task.duration = min(task.duration, now - task.created_mono)
+
+
 def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -189,8 +198,10 @@ def test_two_killed_runs_then_a_third_completes(
         Pipeline(instance).manifest()
         assert instance.get_dynamic_partitions("batches") == ["animals", "cities"]
 
-        # Slow tasks, so that both runs are mid-batch when killed: their 5 rows submitted, none finished.
-        emulator.config.latency = (20, 21)
+        # Tasks that do not finish by themselves, so that both runs are mid-batch when killed: their 5
+        # rows submitted, none finished, however long B's start-up takes (a fixed 20 s latency was not
+        # enough on a loaded machine: run A finished and gave its slot back). Released below.
+        emulator.config.latency = (3600, 3600)
 
         def holding_slot(partition: str, rows: int) -> str | None:
             """The partition's run once it holds a kie slot and has recorded ``rows`` tasks in all."""
@@ -225,6 +236,7 @@ def test_two_killed_runs_then_a_third_completes(
             return any(p.run_id not in (run_a, run_b) and p.assigned_timestamp is None for p in pending)
 
         _wait(third_blocked, 120, "the third run to wait for a kie slot")
+        _finish_pending_tasks(emulator)  # A's three (resumed by the third run) and B's two
         # The daemon of `dagster dev` (it runs `dagster-daemon run`); run monitoring needs no code location.
         processes.start("daemon", str(BIN / "dagster-daemon"), "run", "--empty-workspace")
         assert third.wait(timeout=150) == 0, processes.log("third") + processes.log("daemon")
