@@ -100,7 +100,10 @@ def _body(task_id: str, state: str = "success") -> dict[str, Any]:
 
 async def _post(receiver: ReceiverServer, key: str, body: dict[str, Any]) -> None:
     """One callback as Kie sends it: over HTTP to the receiver, which writes it into the store."""
-    async with httpx.AsyncClient() as http:
+    # Not httpx's default 5 s: the S3 test sends 20 at once to a receiver writing to moto, which took
+    # longer than that on a loaded machine (two pytest-xdist workers and more); this counts store
+    # calls, not latency.
+    async with httpx.AsyncClient(timeout=60) as http:
         response = await http.post(f"{receiver.url}/kie/callback/{key}/{token_for(SECRET, key)}", json=body)
     assert response.status_code == 200 and response.json()["msg"] == "received"
 
