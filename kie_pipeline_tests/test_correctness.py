@@ -72,8 +72,7 @@ def test_catalog_zero_one_many_from_the_cli(env, emulator, tmp_path) -> None:
         out = subprocess.run([*base, *args], env=cli_env, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-3000:]
 
-    run("prompt_manifest", *in_process)
-    run("image_catalog", *in_process)
+    run("prompt_manifest,image_catalog", *in_process)  # one CLI start-up: the catalog runs after the manifest
     assert len(catalog_of(env)) == 0
     run("generated_images", "--partition", "cities", *in_process)
     table = pd.read_parquet(env / "store" / "generated_images" / "cities.parquet")
