@@ -94,7 +94,7 @@ class KieResource(dg.ConfigurableResource):
         description="PostgreSQL URL of the account-wide rate-limit windows, shared by every run on every "
         "machine (each run may then use the whole limit); set with EnvVar('KIE_COORDINATION_URL'). "
         "Takes precedence over rate_limit_dir. A secret: never logged; errors show it with the "
-        "password masked. Needs psycopg2 (pip install 'kie-pipeline[cluster]').",
+        "password masked. Needs psycopg2 (kie-pipeline's 'cluster' extra).",
     )
 
     def callback_settings(self) -> CallbackSettings | None:

@@ -539,3 +539,27 @@ def test_a_database_user_without_create_rights_uses_the_tables_made_for_it(postg
         lease.release()
     with pytest.raises(KieCoordinationError, match="permission denied"):
         PgSession(url, purpose="t", table="kie_not_made_yet").run(lambda cur: None)
+
+
+def test_the_cluster_extra_brings_psycopg2_at_the_pinned_versions() -> None:
+    """`pip install -c constraints.txt '.[cluster]'` gives the coordination its database client."""
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    repo = Path(__file__).resolve().parent.parent
+    extras = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = dict(
+        (canonicalize_name(name), version.strip())
+        for name, _, version in (
+            line.partition("==") for line in (repo / "constraints.txt").read_text().splitlines()
+        )
+        if version
+    )
+    (cluster,) = [Requirement(r) for r in extras["cluster"]]
+    assert cluster.name == "dagster-postgres" and cluster.specifier.contains(pins["dagster-postgres"])
+    brings = [Requirement(r) for r in importlib.metadata.requires("dagster-postgres") or []]
+    assert "psycopg2-binary" in {canonicalize_name(r.name) for r in brings} and pins["psycopg2-binary"]

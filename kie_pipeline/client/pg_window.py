@@ -158,7 +158,7 @@ def _psycopg2() -> Any:
     except ImportError:
         raise KieCoordinationError(
             "KIE_COORDINATION_URL is set but psycopg2 is not installed: install kie-pipeline's "
-            "'cluster' extra (pip install 'kie-pipeline[cluster]') or psycopg2-binary."
+            "'cluster' extra (pip install '.[cluster]' in its checkout) or psycopg2-binary."
         ) from None
     return psycopg2
 
