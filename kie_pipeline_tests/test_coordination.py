@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -563,3 +564,70 @@ def test_the_cluster_extra_brings_psycopg2_at_the_pinned_versions() -> None:
     assert cluster.name == "dagster-postgres" and cluster.specifier.contains(pins["dagster-postgres"])
     brings = [Requirement(r) for r in importlib.metadata.requires("dagster-postgres") or []]
     assert "psycopg2-binary" in {canonicalize_name(r.name) for r in brings} and pins["psycopg2-binary"]
+
+
+def test_a_batch_whose_lease_another_run_took_submits_nothing_more(
+    postgres, emulator, tmp_path, monkeypatch
+) -> None:
+    """The lease's connection drops mid-batch and another run takes the lease before it is taken
+    again: the batch stops creating tasks (the other run may be creating the same rows), waits for
+    and records what it created, and says why; a rerun continues the batch."""
+    import pandas as pd
+
+    from kie_pipeline.client import RateLimits
+    from kie_pipeline.pipeline import coordination
+    from kie_pipeline.pipeline.coordination import CoordinatedTaskStore, _Lease
+    from kie_pipeline.pipeline.generation import generate_batch
+    from kie_pipeline.pipeline.manifest import validate_manifest
+    from kie_pipeline.pipeline.outcome import SystemicError
+
+    from .conftest import make_client
+
+    monkeypatch.setattr(coordination, "CHECK_EVERY", 0.05)
+    store = CoordinatedTaskStore(str(tmp_path / "store"), coordination_url=postgres.url)
+    rows = validate_manifest(pd.DataFrame([{"id": f"r{i}", "prompt": f"image {i}"} for i in range(12)]))
+    held: list[_Lease] = []
+    real_keep, real_check = _Lease.keep, _Lease.check
+    stolen = threading.Event()
+
+    def keep(self: _Lease) -> None:  # the lease the batch holds, to cut its connection below
+        held.append(self)
+        real_keep(self)
+
+    def check(self: _Lease) -> bool:  # the batch's keeper looks only once the lease was taken
+        stolen.wait(30)
+        return real_check(self)
+
+    monkeypatch.setattr(_Lease, "keep", keep)
+    monkeypatch.setattr(_Lease, "check", check)
+    thief = _Lease(postgres.url, store.root, "default", "Dagster run thief")
+
+    async def go():
+        # One createTask per 0.5 s: the lease is checked every 0.05 s, ten times between two.
+        limits = RateLimits(create_limit=1, create_period_s=0.5)
+        async with make_client(emulator, limits=limits) as client:
+            batch = asyncio.create_task(generate_batch(client, store, rows, progress_interval=60))
+            while emulator.emulator.snapshot()["created"] < 2:
+                await asyncio.sleep(0.01)
+            [lease] = held
+            backend = lease.session.backend
+            await asyncio.to_thread(_terminate, postgres.url, backend)
+            # Another run takes the lease before the keeper can take it again.
+            assert await asyncio.to_thread(thief.try_take, thief.session) is None
+            stolen.set()
+            with pytest.raises(SystemicError) as caught:
+                await batch
+            return caught.value
+
+    try:
+        error = asyncio.run(go())
+    finally:
+        thief.release()
+    created = emulator.emulator.snapshot()["created"]
+    assert 2 <= created < len(rows)
+    summary = error.summary
+    assert "held by another run" in str(error) and "Dagster run thief" in str(error)
+    assert summary.succeeded == created and summary.not_submitted == len(rows) - created
+    # Every task created before the stop is recorded.
+    records = store.load_many(rows["request_key"].tolist())
+    assert sum(r.task_id is not None for r in records.values()) == created

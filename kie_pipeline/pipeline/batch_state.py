@@ -75,6 +75,8 @@ class BatchState:
         self.finished = 0
         self.created_keys: set[str] = set()
         self.adopted_keys: set[str] = set()
+        #: Why the batch's lease does not hold any more (None while it does): nothing new is created.
+        self.lease_problem: Callable[[], str | None] = lambda: None
 
     # -- records ---------------------------------------------------------------------------------
     async def save(self, rec: RequestRecord, *, fsync: bool = True) -> None:

@@ -15,9 +15,9 @@ lease is ``pg_try_advisory_lock`` on a connection of its own, held for the batch
 
 While it holds the lease, a thread checks the connection every :data:`CHECK_EVERY` seconds. If the
 connection dropped (the server then released the lock), it takes the lock again on a new
-connection; if another run took it meanwhile, it logs an error naming that run (the generation
-itself goes on: what it already created is recorded, and a row's record is re-read before its
-createTask).
+connection. Until it holds it again, or for good once another run took it (an error names that
+run), :attr:`_Lease.problem` says why, and the batch submits no new row: what it already created is
+waited for and recorded, and a rerun continues the batch.
 
 :class:`CoordinatedTaskStore` is a :class:`~.store.TaskStore` that carries the database's URL, so
 ``lease.batch_lease`` dispatches on the store it is given and callers need no change.
@@ -123,6 +123,8 @@ class _Lease:
         self.session = self._session()
         #: Whether :attr:`session`'s connection holds the lock.
         self.held = False
+        #: Why the lease is not held any more (None while it is): the batch then submits nothing new.
+        self.problem: str | None = None
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
 
@@ -180,15 +182,18 @@ class _Lease:
             holder = self.try_take(self.session)
         except KieCoordinationError as exc:
             log.error("The lease of batch %r could not be taken again: %s", self.batch, exc)
+            self.problem = f"the lease of batch {self.batch!r} was lost with its database connection ({exc})"
             return True
         if holder is None:
             log.warning("The lease of batch %r has been taken again.", self.batch)
+            self.problem = None
             return True
         log.error(
             "The lease of batch %r is held by another run now (%s): two runs may be generating this batch.",
             self.batch,
             holder,
         )
+        self.problem = f"the lease of batch {self.batch!r} is held by another run now ({holder})"
         return False
 
     def release(self) -> None:
@@ -208,7 +213,7 @@ class _Lease:
 
 
 @contextlib.contextmanager
-def pg_batch_lease(url: str, store_root: str, batch: str, owner: str) -> Iterator[None]:
+def pg_batch_lease(url: str, store_root: str, batch: str, owner: str) -> Iterator[_Lease]:
     """Hold the lease of ``batch`` (of the store at ``store_root``) in the database at ``url``.
 
     Raises:
@@ -228,6 +233,6 @@ def pg_batch_lease(url: str, store_root: str, batch: str, owner: str) -> Iterato
         raise BatchLeaseHeld(held_message(batch, holder))
     lease.keep()
     try:
-        yield
+        yield lease
     finally:
         lease.release()

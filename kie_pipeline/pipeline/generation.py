@@ -294,8 +294,9 @@ async def generate_batch(
     names = sorted({str(r["batch"]) for r in rows}) or ["empty"]
     # One run per batch at a time: a second run of the same batch would pay again for every row.
     with contextlib.ExitStack() as leases:
-        for name in names:
-            leases.enter_context(batch_lease(store, name, lease_owner or f"pid {os.getpid()}"))
+        owner = lease_owner or f"pid {os.getpid()}"
+        held = [leases.enter_context(batch_lease(store, name, owner)) for name in names]
+        batch.lease_problem = lambda: next((h.problem for h in held if h.problem), None)
         await batch.run(rows, progress_interval)
     summary = batch.summary
     summary.stop_reason = batch.stop_reason

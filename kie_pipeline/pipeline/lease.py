@@ -38,12 +38,23 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Protocol
 
 from .store import TaskStore
 
 
 class BatchLeaseHeld(RuntimeError):
     """Another run is generating this batch right now."""
+
+
+class HeldLease(Protocol):
+    """A batch lease being held: ``problem`` is None while it holds, else why it does not."""
+
+    problem: str | None
+
+
+class _FileLease:
+    problem: str | None = None  # the kernel holds a flock for as long as the process lives
 
 
 def lock_dir(store: TaskStore) -> str:
@@ -63,8 +74,11 @@ def _open(path: str) -> int:
 
 
 @contextlib.contextmanager
-def batch_lease(store: TaskStore, batch: str, owner: str) -> Iterator[None]:
+def batch_lease(store: TaskStore, batch: str, owner: str) -> Iterator[HeldLease]:
     """Hold the lease of ``batch`` for the duration; raise :class:`BatchLeaseHeld` if it is taken.
+
+    Yields the held lease: its ``problem`` is None while the lease holds, else why it does not any
+    more (a database lease lost with its connection; a lock file cannot be lost).
 
     ``owner`` (e.g. the Dagster run id) is written where the refused run can read it (the lock file,
     or the coordination database's ``kie_batch_leases``) so that it can say who holds the lease.
@@ -77,8 +91,8 @@ def batch_lease(store: TaskStore, batch: str, owner: str) -> Iterator[None]:
         # Imported here: the database's client (psycopg2) is needed only with a coordination URL.
         from .coordination import pg_batch_lease
 
-        with pg_batch_lease(url, store.root, batch, owner):
-            yield
+        with pg_batch_lease(url, store.root, batch, owner) as held:
+            yield held
         return
     path = os.path.join(lock_dir(store), f"batch-{batch}.lock")
     fd = _open(path)
@@ -92,7 +106,7 @@ def batch_lease(store: TaskStore, batch: str, owner: str) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         try:
-            yield
+            yield _FileLease()
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -36,6 +36,9 @@ class SubmittingBatch(SettlingBatch):
         Returns the record of a task another process created meanwhile (found under the lease), so
         the caller waits for that one instead.
         """
+        if not self.stop_reason and (problem := self.lease_problem()):
+            # Another run may be generating this batch now: creating more could pay twice.
+            self.stop(f"{problem}; a rerun continues the batch", retryable=True)
         # Local images first (free, cached by content): a failed upload creates no task.
         uploaded = await self._upload(row, previous) if not self.stop_reason else {}
         if uploaded is None:
