@@ -137,3 +137,31 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip(reason)
     with running_postgres() as server:
         yield server
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real S3 protocol server (moto) on loopback with a bucket ``datasets``; yields its URL.
+
+    Test credentials are in the environment (inherited by every process the test starts), and the
+    default endpoint is a closed port: whatever does not get the store's options (``endpoint_url``)
+    fails instead of reaching moto, or AWS.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("FSSPEC_S3_ENDPOINT_URL", raising=False)
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="datasets")
+    try:
+        yield url
+    finally:
+        server.stop()

@@ -301,25 +301,9 @@ def test_a_batch_reads_each_callback_once_and_lists_once_per_tick(
 
 
 @pytest.fixture
-def s3_root(monkeypatch) -> Any:
+def s3_root(s3_endpoint: str) -> tuple[str, dict[str, str]]:
     """A store on a real S3 protocol server (moto) on loopback: (root URL, storage options)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="callbacks-test")
-    try:
-        yield "s3://callbacks-test/store", {"endpoint_url": url}
-    finally:
-        server.stop()
+    return "s3://datasets/callbacks-test", {"endpoint_url": s3_endpoint}
 
 
 def test_on_s3_one_listing_per_tick_and_one_get_per_callback(emulator: EmulatorServer, s3_root) -> None:

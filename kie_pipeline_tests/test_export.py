@@ -231,35 +231,22 @@ def test_large_batches_are_cut_into_shards_strays_are_removed_bad_copies_refused
         export_dataset(store, catalog.assign(split="my-split"), str(tmp_path / "bad"))
 
 
-def test_export_to_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_to_s3(tmp_path: Path, s3_endpoint: str) -> None:
     """The destination on S3 (moto on loopback); downloaded, it loads the same."""
-    import boto3
     import fsspec
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="datasets")
-        options = {"endpoint_url": url}
-        store = TaskStore(str(tmp_path / "store"))
-        catalog = _catalog(store, [{"id": "a", "state": "success", "data": _png((5, 6, 7)), "split": "val"}])
-        summary = export_dataset(store, catalog, "s3://datasets/export", destination_options=options)
-        assert summary.rows == 1
-        again = export_dataset(store, catalog, "s3://datasets/export", destination_options=options)
-        assert not again.shards_written and len(again.shards_kept) == 1
-        fs = fsspec.filesystem("s3", **options)
-        local = tmp_path / "download"
-        fs.get("datasets/export/", str(local), recursive=True)
-        assert sorted(os.listdir(local)) == ["README.md", "data", STATE_FILE]
-        assert _load(local)["val"]["id"] == ["a"]
-    finally:
-        server.stop()
+    options = {"endpoint_url": s3_endpoint}
+    store = TaskStore(str(tmp_path / "store"))
+    catalog = _catalog(store, [{"id": "a", "state": "success", "data": _png((5, 6, 7)), "split": "val"}])
+    summary = export_dataset(store, catalog, "s3://datasets/export", destination_options=options)
+    assert summary.rows == 1
+    again = export_dataset(store, catalog, "s3://datasets/export", destination_options=options)
+    assert not again.shards_written and len(again.shards_kept) == 1
+    fs = fsspec.filesystem("s3", **options)
+    local = tmp_path / "download"
+    fs.get("datasets/export/", str(local), recursive=True)
+    assert sorted(os.listdir(local)) == ["README.md", "data", STATE_FILE]
+    assert _load(local)["val"]["id"] == ["a"]
 
 
 def test_webdataset_tars_hold_each_image_and_its_columns_and_follow_the_parquet_shards(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
@@ -77,33 +76,8 @@ def test_kie_store_options_reach_records_copies_and_tables_through_one_resource(
     assert build_resources()["dataset"].store.storage_options == {}
 
 
-@pytest.fixture
-def s3(monkeypatch) -> Iterator[str]:
-    """A real S3 protocol server (moto) on loopback with a bucket, and test credentials in the
-    environment. Its URL is the test's to hand out: the default endpoint is a closed port, so a read
-    or write that does not get the store's options fails instead of reaching moto (or AWS)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1",
-    }.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("FSSPEC_S3_ENDPOINT_URL", raising=False)
-    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="datasets")
-    try:
-        yield url
-    finally:
-        server.stop()
-
-
 def test_store_on_s3_via_kie_store_options_images_records_partitions_and_catalog(
-    tmp_path, emulator, s3, monkeypatch
+    tmp_path, emulator, s3_endpoint, monkeypatch
 ) -> None:
     """The whole pipeline on S3, whose endpoint reaches the store only through KIE_STORE_OPTIONS."""
     import fsspec
@@ -113,7 +87,7 @@ def test_store_on_s3_via_kie_store_options_images_records_partitions_and_catalog
     monkeypatch.setenv("KIE_BASE_URL", emulator.url)
     monkeypatch.setenv("KIE_MANIFEST", str(tmp_path / "prompts.csv"))
     monkeypatch.setenv("KIE_STORE", "s3://datasets/kie")
-    monkeypatch.setenv("KIE_STORE_OPTIONS", json.dumps({"endpoint_url": s3}))
+    monkeypatch.setenv("KIE_STORE_OPTIONS", json.dumps({"endpoint_url": s3_endpoint}))
     (tmp_path / "home").mkdir()
     with dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "home")) as instance:
         pipe = Pipeline(instance)
@@ -123,7 +97,7 @@ def test_store_on_s3_via_kie_store_options_images_records_partitions_and_catalog
         result = pipe.catalog()
         assert all(e.passed for e in result.get_asset_check_evaluations())  # sha256 re-read from S3
         again = metadata(pipe.batch("animals"))
-    fs = fsspec.filesystem("s3", endpoint_url=s3, skip_instance_cache=True)
+    fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint, skip_instance_cache=True)
     assert len(fs.ls("datasets/kie/images")) == 5
     assert len(fs.ls("datasets/kie/tasks")) == 5
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("datasets/kie/generated_images")) == [
