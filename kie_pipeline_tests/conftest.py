@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -160,6 +161,9 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     }.items():  # fmt: skip
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("FSSPEC_S3_ENDPOINT_URL", raising=False)
+    # moto's backends are per process, not per server: without a reset a test would see the buckets
+    # and objects of the tests before it in this process (or xdist worker).
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST")).close()
     boto3.client("s3", endpoint_url=url).create_bucket(Bucket="datasets")
     try:
         yield url
