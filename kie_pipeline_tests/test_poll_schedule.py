@@ -383,7 +383,9 @@ def test_a_learned_waiter_makes_fewer_polls_per_task_than_the_default(fixed_late
             return default, learned
 
     default, learned = asyncio.run(go())
-    assert default >= 6 * 3  # 0.05, 0.1, 0.175, 0.29, 0.46 s: several polls per task
+    # The default polls at 0.05, 0.1, 0.175, 0.29, 0.46 s: several times per task (fewer on a busy
+    # machine, whose sleeps overrun: the count, not the time, is what is compared).
+    assert default >= 6 * 2
     assert learned < default
     assert learned <= 6 * 1.5  # about one poll per task: the first lands after the known 0.4 s
     assert not emu.snapshot()["rate_limited"]
