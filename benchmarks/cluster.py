@@ -34,14 +34,11 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,12 +46,13 @@ from typing import Any
 import dagster as dg
 import httpx
 import pandas as pd
-from _harness import emulator_process
+from _harness import emulator_process, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # kie_pipeline_tests.postgres: the tests' throwaway PostgreSQL server
 
 from kie_pipeline_tests.postgres import PostgresServer, running_postgres  # noqa: E402
+from kie_pipeline_tests.processes import Processes, wait_for  # noqa: E402
 
 SHIPPED = REPO / "deploy" / "dagster-postgres.yaml"
 BIN = Path(sys.executable).parent
@@ -88,48 +86,6 @@ class Result:
     #: The longest time between two createTask arrivals: a stretch when no run was creating (runs
     #: still starting, or ended) shows here, not as a fault of the limiter.
     longest_gap_s: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(every)
-    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Processes:
-    """Subprocesses in their own sessions, logs in files; all stopped (their children too) on exit."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(self.logs / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(
-                args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.started.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.started:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=20)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 class GraphQL:
@@ -314,7 +270,7 @@ def run_scenario(name: str, server: PostgresServer, work: Path) -> Result:
                     "workspace.yaml",
                 ]
                 procs.start("webserver", *web, env=env)
-                wait_for(api.loaded, 300, "the webserver")
+                wait_for(api.loaded, 300, "the webserver", every=1.0)
                 # Its catalog refresh would start a run in the middle of the measurement.
                 api.stop_sensor("refresh_automation")
                 if late:

@@ -16,13 +16,9 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +36,7 @@ from kie_pipeline.slots import run_pids
 
 from .pipeline_helpers import Pipeline, write_manifest
 from .postgres import PostgresServer
+from .processes import Processes, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "deploy" / "dagster-postgres.yaml"
@@ -58,46 +55,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.3) -> Any:
-    """``condition()``'s first truthy value, polled every ``every`` s; fails after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Processes:
-    """Subprocesses in their own sessions (their children included in the cleanup), logs in files."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        with open(self.logs / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(
-                args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.started[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
-
-    def stop_all(self) -> None:
-        for proc in self.started.values():  # SIGTERM first: the daemon and webserver stop cleanly
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.started.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=20)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the code servers they started, too
-            proc.wait()
 
 
 @pytest.fixture
@@ -264,7 +221,7 @@ def test_backfill_on_the_postgres_deployment(
         manifest = processes.start("manifest", *cli, "--select", "prompt_manifest")
         assert manifest.wait(timeout=180) == 0, processes.log("manifest")
         assert sorted(instance.get_dynamic_partitions("batches")) == list(BATCHES)
-        _wait(web.location_loaded, 180, "the webserver to load the code location", every=0.5)
+        wait_for(web.location_loaded, 180, "the webserver to load the code location", every=0.5)
         # The catalog is materialized by the test below: the refresh automation (a 30-s sensor)
         # would also refresh it, at a moment the test does not control.
         web.stop_sensor("refresh_automation")
@@ -286,7 +243,7 @@ def test_backfill_on_the_postgres_deployment(
             runs = generation_runs()
             return len(runs) == len(BATCHES) + 1 and all(r.dagster_run.is_finished for r in runs)
 
-        _wait(all_ended, 240, "the backfills' runs", every=1)
+        wait_for(all_ended, 240, "the backfills' runs", every=1)
         generation = generation_runs()
         assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in generation), processes.log(
             "daemon"
@@ -299,14 +256,14 @@ def test_backfill_on_the_postgres_deployment(
             assert found and found.status not in (BulkActionStatus.FAILED, BulkActionStatus.CANCELED)
             return found.status == BulkActionStatus.COMPLETED_SUCCESS
 
-        _wait(lambda: all(map(complete, backfills)), 90, "the backfills to complete", every=1)
+        wait_for(lambda: all(map(complete, backfills)), 90, "the backfills to complete", every=1)
 
         by_batch = {b: [r for r in generation if _batch(r.dagster_run) == b] for b in BATCHES}
         assert {b: len(runs) for b, runs in by_batch.items()} == {"b0": 2, "b1": 1, "b2": 1}
 
         # Each run in a process of its own, none of them the daemon, the webserver or this test.
         pids = [set(run_pids(instance, r.dagster_run.run_id)) for r in generation]
-        ours = {os.getpid(), *(p.pid for p in processes.started.values())}
+        ours = {os.getpid(), *(p.pid for p in processes.started)}
         assert all(pids) and not any(p & ours for p in pids)
         assert sum(map(len, pids)) == len(set().union(*pids))
 

@@ -6,13 +6,12 @@ loopback, `dagster asset materialize` and `dagster-daemon run` as subprocesses, 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ from kie_pipeline.emulator import EmulatorServer
 from kie_pipeline.slots import ProcessCheckingRunLauncher, instance_problems, main, process_alive
 
 from .pipeline_helpers import Pipeline
+from .processes import Processes as ProcessGroup
+from .processes import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "deploy" / "dagster.yaml"
@@ -63,7 +64,7 @@ def test_process_alive_tells_exited_zombie_and_reused_pids() -> None:
     assert not process_alive(me, named_at=0.0)
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     named_at = time.time()
-    _wait(lambda: _proc_state(child.pid) == "Z", 30, "the child to exit")
+    wait_for(lambda: _proc_state(child.pid) == "Z", 30, "the child to exit")
     assert not process_alive(child.pid, named_at)  # exited, not reaped yet (a zombie)
     child.wait()
     assert not process_alive(child.pid, named_at)
@@ -114,48 +115,12 @@ def _finish_pending_tasks(emulator: EmulatorServer) -> None:
             task.duration = min(task.duration, now - task.created_mono)
 
 
-def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Processes:
-    """Subprocesses in their own sessions, so that a kill or the cleanup reaches their children too."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        with open(self.logs / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(
-                args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.started.append(proc)
-        return proc
+class Processes(ProcessGroup):
+    """The test's processes, and `dagster asset materialize` runs among them."""
 
     def materialize(self, name: str, *selection: str) -> subprocess.Popen[bytes]:
         cli = [str(BIN / "dagster"), "asset", "materialize", "-m", "kie_pipeline.definitions"]
         return self.start(name, *cli, "--select", *selection)
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
-
-    def stop_all(self) -> None:
-        for proc in self.started:  # SIGTERM first: the daemon stops its threads cleanly
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=20)
-            # The whole group: the orphaned step process of a killed run included.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture
@@ -213,9 +178,9 @@ def test_two_killed_runs_then_a_third_completes(
         # One after the other: two claims at the same instant can take the same slot row on SQLite
         # (Dagster's claim relies on SELECT ... FOR UPDATE, which SQLite ignores), a separate race.
         animals = processes.materialize("animals", "generated_images", "--partition", "animals")
-        run_a = _wait(lambda: holding_slot("animals", 3), 120, "run A to hold a slot and submit 3 rows")
+        run_a = wait_for(lambda: holding_slot("animals", 3), 120, "run A to hold a slot and submit 3 rows")
         cities = processes.materialize("cities", "generated_images", "--partition", "cities")
-        run_b = _wait(lambda: holding_slot("cities", 5), 120, "run B to hold a slot and submit 2 rows")
+        run_b = wait_for(lambda: holding_slot("cities", 5), 120, "run B to hold a slot and submit 2 rows")
         # Run A dies whole (kill -9 of its process group); run B's orchestrator only (`kill -9 PID`):
         # its step process lives on and finishes the batch, holding the slot until it exits.
         os.killpg(animals.pid, signal.SIGKILL)
@@ -235,14 +200,14 @@ def test_two_killed_runs_then_a_third_completes(
             pending = instance.event_log_storage.get_concurrency_info("kie").pending_steps
             return any(p.run_id not in (run_a, run_b) and p.assigned_timestamp is None for p in pending)
 
-        _wait(third_blocked, 120, "the third run to wait for a kie slot")
+        wait_for(third_blocked, 120, "the third run to wait for a kie slot")
         _finish_pending_tasks(emulator)  # A's three (resumed by the third run) and B's two
         # The daemon of `dagster dev` (it runs `dagster-daemon run`); run monitoring needs no code location.
         processes.start("daemon", str(BIN / "dagster-daemon"), "run", "--empty-workspace")
         assert third.wait(timeout=150) == 0, processes.log("third") + processes.log("daemon")
 
         # B's orphaned step process may still be at work: B ends, and its slot returns, once it exits.
-        _wait(
+        wait_for(
             lambda: (
                 _status(instance, run_b) == dg.DagsterRunStatus.FAILURE
                 and not instance.event_log_storage.get_concurrency_info("kie").claimed_slots
