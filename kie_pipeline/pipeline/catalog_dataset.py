@@ -129,16 +129,16 @@ def manifest_fingerprints(manifest: pd.DataFrame) -> dict[str, str]:
         return {}
     frame = manifest[["batch", "id"]].astype("string")
     hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype="uint64")
-    order = frame["batch"].to_numpy(dtype=object).argsort(kind="stable")
-    batches = frame["batch"].to_numpy(dtype=object)[order]
-    hashes = hashes[order]
-    starts = [0, *[i for i in range(1, len(batches)) if batches[i] != batches[i - 1]]]
+    codes, uniques = pd.factorize(frame["batch"], sort=True)
+    order = np.argsort(codes, kind="stable")
+    codes, hashes = codes[order], hashes[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(codes)) + 1]
+    ends = np.r_[starts[1:], len(codes)]
     # np.add.reduceat wraps around on uint64 overflow: the sum is taken mod 2**64, as intended.
     sums = np.add.reduceat(hashes, starts)
     xors = np.bitwise_xor.reduceat(hashes, starts)
-    ends = [*starts[1:], len(batches)]
     return {
-        str(batches[s]): f"{e - s}:{int(a):016x}:{int(x):016x}"
+        str(uniques[codes[s]]): f"{e - s}:{int(a):016x}:{int(x):016x}"
         for s, e, a, x in zip(starts, ends, sums, xors, strict=True)
     }
 
@@ -497,15 +497,6 @@ def read_catalog(
     if columns is not None:
         columns = [c for c in columns if c in dataset.schema.names]
     return dataset.to_table(columns=columns, filter=filter).to_pandas()
-
-
-def catalog_columns(fs: AbstractFileSystem, root: str) -> list[str]:
-    """The catalog's column names, from one file's footer."""
-    files = catalog_files(fs, root)
-    if not files:
-        return []
-    with fs.open(files[0], "rb") as fh:
-        return list(pq.read_schema(fh).names)
 
 
 def sample_rows(fs: AbstractFileSystem, root: str, successes: int, *, max_files: int = 20) -> pd.DataFrame:
