@@ -101,8 +101,7 @@ SELECT at, done FROM kie_rate_slots WHERE account = %(account)s AND name = %(nam
 # ON CONFLICT: the same token again is a take whose commit's answer was lost with the connection.
 _TAKE = """
 INSERT INTO kie_rate_slots (account, name, token, at, done, backend, backend_start)
-SELECT %(account)s, %(name)s, %(token)s, %(now)s, false, pg_backend_pid(), a.backend_start
-  FROM (SELECT 1) one LEFT JOIN pg_stat_activity a ON a.pid = pg_backend_pid()
+VALUES (%(account)s, %(name)s, %(token)s, %(now)s, false, pg_backend_pid(), %(backend_start)s)
 ON CONFLICT (account, name, token) DO UPDATE
    SET at = EXCLUDED.at, done = false, backend = EXCLUDED.backend, backend_start = EXCLUDED.backend_start
 """
@@ -195,6 +194,8 @@ class PgSession:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._pid = os.getpid()
+        #: When the current connection's backend started (with its pid, it names the backend).
+        self.backend_start: Any = None
 
     def __repr__(self) -> str:
         return f"PgSession({mask_url(self._url)!r}, purpose={self.purpose!r})"
@@ -241,8 +242,14 @@ class PgSession:
                 )
                 # Created only when missing: a user without CREATE on the schema (PostgreSQL 15's
                 # default for public) can use tables made for it ahead of time.
-                cur.execute("SELECT to_regclass(%s) IS NULL", (self._table,))
-                if cur.fetchone()[0]:
+                # Read once per connection: every slot taken on it records who holds it.
+                cur.execute(
+                    "SELECT to_regclass(%s) IS NULL, "
+                    "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+                    (self._table,),
+                )
+                missing, self.backend_start = cur.fetchone()
+                if missing:
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                     cur.execute(self._ddl)
             conn.commit()
@@ -383,6 +390,7 @@ class PostgresSlidingWindowLimiter:
                 "now": now,
                 "period": self.period,
                 "stale": STALE_AFTER,
+                "backend_start": self._session.backend_start,  # of the connection running this
             }
             cur.execute(_PRUNE_AND_READ, params)
             entries = cur.fetchall()
