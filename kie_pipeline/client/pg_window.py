@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import KieCoordinationError
-from .ratelimit import STALE_AFTER
+from .ratelimit import STALE_AFTER, window_wait
 
 logger = logging.getLogger("kie_pipeline.client")
 
@@ -393,15 +393,10 @@ class PostgresSlidingWindowLimiter:
                 "backend_start": self._session.backend_start,  # of the connection running this
             }
             cur.execute(_PRUNE_AND_READ, params)
-            entries = cur.fetchall()
-            if len(entries) < self.limit:
+            wait = window_wait(cur.fetchall(), self.limit, self.period, now, RECHECK)
+            if wait is None:
                 cur.execute(_TAKE, params)
-                return None
-            # Free when the limit-th newest slot leaves the window; a slot in flight leaves it only
-            # after its answer, so look again soon.
-            ends = sorted(at + self.period if done else float("inf") for at, done in entries)
-            end = ends[len(ends) - self.limit]
-            return RECHECK if end == float("inf") else max(0.0, end - now)
+            return wait
 
         return self._session.run(work, f"taking a slot of the {self.name} window")
 

@@ -22,12 +22,30 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 #: A request whose answer never came back (its process died) stops holding its slot after this long.
 STALE_AFTER = 120.0
 #: Re-check interval while the window is full of requests still in flight.
 _RECHECK = 0.02
+
+
+def window_wait(
+    entries: Iterable[tuple[float, bool]], limit: int, period: float, now: float, recheck: float
+) -> float | None:
+    """None if a window of ``limit`` per ``period`` has room now for one more request, else how
+    long to wait before looking again.
+
+    ``entries`` are the requests still in the window: (time, answered). The window frees when the
+    limit-th newest one leaves it, ``period`` after its answer; one still in flight leaves only
+    after its answer, so then look again after ``recheck``. Shared by every limiter here and by
+    the PostgreSQL one, so that the rule is written once.
+    """
+    ends = sorted(at + period if done else float("inf") for at, done in entries)
+    if len(ends) < limit:
+        return None
+    end = ends[len(ends) - limit]
+    return recheck if end == float("inf") else max(0.0, end - now)
 
 
 class _Stamp:
@@ -61,13 +79,7 @@ class SlidingWindowLimiter:
             if not st.done or now - st.at < self.period:
                 live.append(st)
         self._stamps = live
-        if len(live) < self.limit:
-            return None
-        # Free when the limit-th newest slot leaves the window; a slot in flight leaves it only
-        # after its answer, so look again soon.
-        ends = sorted((st.at + self.period) if st.done else float("inf") for st in live)
-        end = ends[len(ends) - self.limit]
-        return _RECHECK if end == float("inf") else max(0.0, end - now)
+        return window_wait(((st.at, st.done) for st in live), self.limit, self.period, now, _RECHECK)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -147,12 +159,10 @@ class SharedSlidingWindowLimiter:
                     entries.append((token, at, done, pid))
             wait: float | None = None
             if take is not None:
-                if len(entries) < self.limit:
+                window = ((at, done) for _, at, done, _ in entries)
+                wait = window_wait(window, self.limit, self.period, now, _RECHECK)
+                if wait is None:
                     entries.append((take, now, False, me))
-                else:
-                    ends = sorted(at + self.period if done else float("inf") for _, at, done, _ in entries)
-                    end = ends[len(ends) - self.limit]
-                    wait = _RECHECK if end == float("inf") else max(0.0, end - now)
             fh.seek(0)
             fh.truncate()
             fh.write("\n".join(f"{t},{at:.6f},{int(done)},{pid}" for t, at, done, pid in entries))
