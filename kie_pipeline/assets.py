@@ -479,7 +479,7 @@ def build_pipeline_assets(
             context.log.info(
                 f"Batches not generated yet (materialize generated_images for them): {refresh.not_generated}"
             )
-        sample = sample_rows(store.fs, root, MAX_CELLS)
+        sample = sample_rows(store.fs, root, MAX_CELLS, files=refresh.files)  # no second listing
         gallery = write_contact_sheet(store, sample, "_".join((*names.prefix, "image_catalog")))
         schema = template({k: v for k, v in refresh.dtypes.items() if k not in CATALOG_DTYPES})
         rows_by_batch = {b: e["summary"]["by_state"] for b, e in refresh.batches.items()}

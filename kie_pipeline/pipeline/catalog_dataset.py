@@ -64,6 +64,8 @@ class CatalogRefresh:
     not_generated: list[str] = field(default_factory=list)
     dtypes: dict[str, str] = field(default_factory=dict)
     migrated: bool = False
+    #: The catalog's data files after the refresh (paths on its filesystem), in name order.
+    files: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -466,6 +468,7 @@ def refresh_catalog(
                 result.removed.append(name[len(PART_PREFIX) : -len(".parquet")])
     result.batches = {b: entries[b] for b in batches}
     result.dtypes = {**CATALOG_DTYPES, **final}
+    result.files = [f"{root}/{name}" for name in sorted(live)]
     return result
 
 
@@ -499,12 +502,20 @@ def read_catalog(
     return dataset.to_table(columns=columns, filter=filter).to_pandas()
 
 
-def sample_rows(fs: AbstractFileSystem, root: str, successes: int, *, max_files: int = 20) -> pd.DataFrame:
+def sample_rows(
+    fs: AbstractFileSystem,
+    root: str,
+    successes: int,
+    *,
+    max_files: int = 20,
+    files: list[str] | None = None,
+) -> pd.DataFrame:
     """The first rows of the catalog, file by file, until ``successes`` success rows (or ``max_files``
-    files) are read: enough for a gallery, without reading the whole catalog."""
+    files) are read: enough for a gallery, without reading the whole catalog. ``files``: the data
+    files when known (a refresh's :attr:`CatalogRefresh.files`), else the folder is listed."""
     frames: list[pd.DataFrame] = []
     found = 0
-    for path in catalog_files(fs, root)[:max_files]:
+    for path in (catalog_files(fs, root) if files is None else files)[:max_files]:
         with fs.open(path, "rb") as fh:
             frame = pq.read_table(fh).to_pandas()
         frames.append(frame)
